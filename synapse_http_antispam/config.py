@@ -1,0 +1,280 @@
+"""The module's configuration: parsed once at startup, every mistake a clear ConfigError.
+
+Synapse wraps a ConfigError raised from `parse_config` with the config path of the module, so
+an admin reads e.g. "Error in configuration at 'modules.<0>.config': enabled_callbacks: unknown
+callback 'user_may_invtie' (did you mean 'user_may_invite'?)" and Synapse does not start.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from synapse_http_antispam.catalogue import CALLBACKS, NAMES, PayloadOptions
+from synapse_http_antispam.synapse_compat import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0
+# Media uploads can be large and scanners slow; everything else sits on an interactive path.
+DEFAULT_TIMEOUTS: Mapping[str, float] = {"check_media_file_for_spam": 30.0}
+MAX_TIMEOUT = 300.0
+
+
+@attrs.frozen
+class BreakerConfig:
+    # Consecutive failures that open the breaker; 0 turns the breaker off.
+    failure_threshold: int = 5
+    cooldown: float = 10.0
+    max_cooldown: float = 300.0
+
+
+@attrs.frozen
+class Config:
+    base_url: str
+    # repr=False: the bearer token must never reach a log line through a repr.
+    token: str | None = attrs.field(default=None, repr=False)
+    enabled_callbacks: frozenset[str] | None = None
+    background: frozenset[str] = frozenset()
+    fail_open: Mapping[str, bool] = attrs.field(factory=dict)
+    do_ping: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    timeouts: Mapping[str, float] = attrs.field(factory=dict)
+    max_request_bytes: int = 256 * 1024
+    max_response_bytes: int = 64 * 1024
+    max_concurrency: int = 32
+    max_pending: int = 256
+    max_background: int = 64
+    breaker: BreakerConfig = BreakerConfig()
+    ca_file: str | None = None
+    media_content_max_bytes: int = 0
+
+    def is_enabled(self, name: str) -> bool:
+        return self.enabled_callbacks is None or name in self.enabled_callbacks
+
+    def fails_open(self, name: str) -> bool:
+        return self.fail_open.get(name, CALLBACKS[name].fail_open)
+
+    def timeout_for(self, name: str) -> float:
+        return self.timeouts.get(name, DEFAULT_TIMEOUTS.get(name, self.timeout))
+
+    @property
+    def payload_options(self) -> PayloadOptions:
+        return PayloadOptions(media_content_max_bytes=self.media_content_max_bytes)
+
+
+KEYS = (
+    "base_url",
+    "authorization",
+    "authorization_path",
+    "enabled_callbacks",
+    "async",
+    "fail_open",
+    "do_ping",
+    "timeout",
+    "timeouts",
+    "max_request_bytes",
+    "max_response_bytes",
+    "max_concurrency",
+    "max_pending",
+    "max_background",
+    "circuit_breaker",
+    "ca_file",
+    "media_content_max_bytes",
+)
+BREAKER_KEYS = ("failure_threshold", "cooldown", "max_cooldown")
+
+
+def _fail(key: str, problem: str) -> ConfigError:
+    return ConfigError(f"synapse_http_antispam: {key}: {problem}")
+
+
+def _suggest(name: str, valid: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(raw: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
+    for key in raw:
+        if key not in valid:
+            raise _fail(
+                f"{where}{key}",
+                f"unknown key{_suggest(str(key), valid)}; valid keys: {', '.join(valid)}",
+            )
+
+
+def _callback_name(key: str, name: Any) -> str:
+    if not isinstance(name, str):
+        raise _fail(key, f"expected a callback name, got {type(name).__name__}")
+    if name not in CALLBACKS:
+        raise _fail(
+            key,
+            f"unknown callback {name!r}{_suggest(name, NAMES)}; valid callbacks: "
+            + ", ".join(NAMES),
+        )
+    return name
+
+
+def _typed(key: str, value: Any, kind: type[T], what: str) -> T:
+    # bool is an int subclass; a YAML `yes` must not pass as a number.
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise _fail(key, f"expected {what}, got {value!r}")
+    return value
+
+
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, f"expected a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT:
+        raise _fail(key, f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {value}")
+    return float(value)
+
+
+def _count(key: str, value: Any, minimum: int) -> int:
+    number = _typed(key, value, int, "a whole number")
+    if number < minimum:
+        raise _fail(key, f"must be at least {minimum}, got {number}")
+    return number
+
+
+def _callback_map(key: str, raw: Any, parse: Callable[[str, Any], T]) -> dict[str, T]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _fail(key, f"expected a mapping of callback name to value, got {raw!r}")
+    return {
+        _callback_name(key, name): parse(f"{key}.{name}", value) for name, value in raw.items()
+    }
+
+
+def _bool(key: str, value: Any) -> bool:
+    return _typed(key, value, bool, "true or false")
+
+
+def _base_url(raw: Any) -> str:
+    if raw is None:
+        raise _fail("base_url", "missing: set it to the antispam server's URL")
+    url = _typed("base_url", raw, str, "a URL string").strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail("base_url", f"expected an http:// or https:// URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise _fail("base_url", "must not contain a query string or fragment")
+    return url.rstrip("/")
+
+
+def _token(raw: Mapping[str, Any]) -> str | None:
+    inline = raw.get("authorization")
+    if inline is not None:
+        token = _typed("authorization", inline, str, "a string").strip()
+    elif raw.get("authorization_path") is not None:
+        path = _typed("authorization_path", raw["authorization_path"], str, "a file path")
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise _fail("authorization_path", f"cannot read {path!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise _fail("authorization_path", f"{path!r} is not UTF-8 text") from None
+        if not token:
+            raise _fail("authorization_path", f"{path!r} is empty")
+    else:
+        return None
+    if any(c in token for c in "\r\n\0"):
+        raise _fail("authorization", "must not contain line breaks")
+    return token or None
+
+
+def _enabled(raw: Any) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        raise _fail("enabled_callbacks", f"expected a list of callback names, got {raw!r}")
+    return frozenset(_callback_name("enabled_callbacks", name) for name in raw)
+
+
+def _breaker(raw: Any) -> BreakerConfig:
+    if raw is None:
+        return BreakerConfig()
+    if not isinstance(raw, Mapping):
+        raise _fail("circuit_breaker", f"expected a mapping, got {raw!r}")
+    _check_keys(raw, BREAKER_KEYS, "circuit_breaker.")
+    default = BreakerConfig()
+    threshold = _count(
+        "circuit_breaker.failure_threshold",
+        raw.get("failure_threshold", default.failure_threshold),
+        0,
+    )
+    cooldown = _seconds("circuit_breaker.cooldown", raw.get("cooldown", default.cooldown))
+    ceiling = raw.get("max_cooldown", max(default.max_cooldown, cooldown))
+    max_cooldown = _seconds("circuit_breaker.max_cooldown", ceiling)
+    if max_cooldown < cooldown:
+        raise _fail("circuit_breaker.max_cooldown", "must not be less than cooldown")
+    return BreakerConfig(threshold, cooldown, max_cooldown)
+
+
+def _ca_file(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    path = _typed("ca_file", raw, str, "a file path")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise _fail("ca_file", f"cannot read {path!r}: {e.strerror or e}") from None
+    return path
+
+
+def parse_config(raw: Mapping[str, Any] | None) -> Config:
+    """Validate the module's `config:` block. Raises ConfigError naming the offending key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _fail("config", f"expected a mapping, got {raw!r}")
+    _check_keys(raw, KEYS, "")
+    default = Config(base_url="")
+    config = Config(
+        base_url=_base_url(raw.get("base_url")),
+        token=_token(raw),
+        enabled_callbacks=_enabled(raw.get("enabled_callbacks")),
+        background=frozenset(
+            name for name, on in _callback_map("async", raw.get("async"), _bool).items() if on
+        ),
+        fail_open=_callback_map("fail_open", raw.get("fail_open"), _bool),
+        do_ping=_bool("do_ping", raw.get("do_ping", False)),
+        timeout=_seconds("timeout", raw.get("timeout", default.timeout)),
+        timeouts=_callback_map("timeouts", raw.get("timeouts"), _seconds),
+        max_request_bytes=_count(
+            "max_request_bytes", raw.get("max_request_bytes", default.max_request_bytes), 1024
+        ),
+        max_response_bytes=_count(
+            "max_response_bytes", raw.get("max_response_bytes", default.max_response_bytes), 1024
+        ),
+        max_concurrency=_count(
+            "max_concurrency", raw.get("max_concurrency", default.max_concurrency), 1
+        ),
+        max_pending=_count("max_pending", raw.get("max_pending", default.max_pending), 0),
+        max_background=_count(
+            "max_background", raw.get("max_background", default.max_background), 0
+        ),
+        breaker=_breaker(raw.get("circuit_breaker")),
+        ca_file=_ca_file(raw.get("ca_file")),
+        media_content_max_bytes=_count(
+            "media_content_max_bytes",
+            raw.get("media_content_max_bytes", default.media_content_max_bytes),
+            0,
+        ),
+    )
+    # Base64 grows content by 4/3; leave room for the metadata around it.
+    needed = config.media_content_max_bytes * 4 // 3 + 4096
+    if config.media_content_max_bytes and needed > config.max_request_bytes:
+        raise _fail(
+            "media_content_max_bytes",
+            f"needs max_request_bytes of at least {needed} to fit the encoded file",
+        )
+    return config

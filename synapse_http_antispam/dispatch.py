@@ -1,0 +1,97 @@
+"""What both doors share: a Synapse call in, a verdict from the forwarder, a Synapse value out."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from synapse_http_antispam import __version__
+from synapse_http_antispam.catalogue import Callback
+from synapse_http_antispam.config import Config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.metrics import PrometheusObserver
+from synapse_http_antispam.synapse_compat import (
+    Capabilities,
+    call_external,
+    detach,
+    synapse_version_string,
+    to_synapse,
+)
+from synapse_http_antispam.verdict import ALLOW, Failure, Verdict, failed
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, config: Config, caps: Capabilities, instance: str) -> None:
+        self.config = config
+        self.caps = caps
+        self.forwarder = Forwarder(
+            config,
+            user_agent=f"synapse-http-antispam/{__version__} Synapse/{synapse_version_string()}",
+            instance=instance,
+            observer=PrometheusObserver(),
+        )
+        self._options = config.payload_options
+
+    async def answer(self, spec: Callback, args: Mapping[str, Any]) -> Any:
+        """The value to return to Synapse for one call. Never raises."""
+        verdict = await self._verdict(spec, args)
+        return to_synapse(spec.kind, verdict, self.caps)
+
+    async def _verdict(self, spec: Callback, args: Mapping[str, Any]) -> Verdict:
+        name = spec.name
+        if not self.config.is_enabled(name):
+            return ALLOW
+        try:
+            payload = spec.build(args, self._options)
+            if inspect.isawaitable(payload):
+                payload = await payload
+        except Exception:
+            logger.exception("Antispam %s: could not build the request", name)
+            return failed(Failure.INTERNAL, self.config.fails_open(name))
+        assert isinstance(payload, dict)
+        if name in self.config.background:
+            verdicts: list[Verdict] = []
+            detach(lambda: verdicts.append(self.forwarder.background(name, spec.kind, payload)))
+            return verdicts[0]
+        return await call_external(self.forwarder.check(name, spec.kind, payload))
+
+
+def make_callback(
+    dispatcher_of: Callable[[Any], Dispatcher], spec: Callback, owner: str, method: bool
+) -> Callable[..., Any]:
+    """An async function with exactly the parameters Synapse expects for `spec`.
+
+    Synapse counts a callback's parameters to pick a call variant (room_config, requester_id,
+    the 4-argument registration check), and names it in its metrics by __qualname__, so both
+    are set explicitly. With method=True the function is a method of the legacy class.
+    """
+    params = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in spec.params
+    ] + [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+        for name in spec.optional
+    ]
+    signature = inspect.Signature(params)
+
+    async def callback(*args: Any, **kwargs: Any) -> Any:
+        owner_obj = args[0] if method else None
+        call_args = args[1:] if method else args
+        bound = signature.bind(*call_args, **kwargs)
+        bound.apply_defaults()
+        return await dispatcher_of(owner_obj).answer(spec, bound.arguments)
+
+    if method:
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        signature_shown = signature.replace(parameters=[self_param, *params])
+    else:
+        signature_shown = signature
+    callback.__signature__ = signature_shown  # type: ignore[attr-defined]
+    callback.__name__ = spec.name
+    callback.__qualname__ = f"{owner}.{spec.name}"
+    callback.__module__ = "synapse_http_antispam"
+    callback.__doc__ = spec.summary
+    return callback

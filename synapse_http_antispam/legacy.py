@@ -1,0 +1,48 @@
+"""The legacy door: `synapse_http_antispam.LegacyHTTPAntispam` under `spam_checker:`.
+
+Works from Synapse 1.25, the first release that awaits legacy methods, to the newest, which
+still bridges the section onto the modern callbacks. The methods are generated from the
+catalogue; their return values follow the running release, falling back to the deprecated
+bool/str meanings where that is all it understands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
+from synapse_http_antispam.config import Config, parse_config
+from synapse_http_antispam.dispatch import Dispatcher, make_callback
+from synapse_http_antispam.synapse_compat import instance_name, registrable_callbacks, sniff
+
+
+class LegacyHTTPAntispam:
+    @staticmethod
+    def parse_config(config: Mapping[str, Any] | None) -> Config:
+        return parse_config(config)
+
+    def __init__(self, config: Config | Mapping[str, Any] | None, api: Any = None) -> None:
+        if not isinstance(config, Config):
+            config = parse_config(config)
+        self._dispatcher = Dispatcher(config, sniff(), instance_name(api))
+        if registrable_callbacks(api):
+            # Synapse 1.37+ registers only the methods it finds, so hide disabled ones. Older
+            # releases call the core methods unconditionally; there they simply allow.
+            for name in LEGACY_NAMES:
+                if not config.is_enabled(name):
+                    setattr(self, name, None)
+        if config.do_ping:
+            self._dispatcher.forwarder.start_ping()
+
+
+def _dispatcher(owner: LegacyHTTPAntispam) -> Dispatcher:
+    return owner._dispatcher
+
+
+for _name in LEGACY_NAMES:
+    setattr(
+        LegacyHTTPAntispam,
+        _name,
+        make_callback(_dispatcher, CALLBACKS[_name], "LegacyHTTPAntispam", method=True),
+    )

@@ -1,0 +1,100 @@
+"""The neutral answer the forwarder gives, before any Synapse release's conventions apply."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+class Outcome(enum.Enum):
+    ALLOWED = "allowed"  # the antispam server said yes
+    REJECTED = "rejected"  # the antispam server said no
+    FAILED_OPEN = "failed_open"  # the server failed; policy let the action through
+    FAILED_CLOSED = "failed_closed"  # the server failed; policy rejected with M_UNKNOWN
+    BACKGROUND = "background"  # an `async` callback: allowed at once, checked in background
+
+
+class Failure(enum.Enum):
+    """Why the antispam server gave no usable answer (a metrics label and a log word)."""
+
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"
+    BAD_RESPONSE = "bad_response"
+    TOO_LARGE = "response_too_large"
+    REQUEST_TOO_LARGE = "request_too_large"
+    OVERLOADED = "overloaded"
+    BREAKER_OPEN = "breaker_open"
+    INTERNAL = "internal"
+
+
+# What the Matrix client reads when a failure is turned into a rejection. Each names the
+# antispam server and says what went wrong, without URLs, tokens or internals.
+FAILURE_MESSAGES: Mapping[Failure, str] = {
+    Failure.CONNECT: "The antispam server could not be reached",
+    Failure.TIMEOUT: "The antispam server did not answer in time",
+    Failure.HTTP_STATUS: "The antispam server failed to process the request",
+    Failure.BAD_RESPONSE: "The antispam server sent an invalid response",
+    Failure.TOO_LARGE: "The antispam server sent an oversized response",
+    Failure.REQUEST_TOO_LARGE: "The request is too large for the antispam server",
+    Failure.OVERLOADED: "The antispam server is overloaded",
+    Failure.BREAKER_OPEN: "The antispam server is unavailable",
+    Failure.INTERNAL: "The antispam check failed",
+}
+
+# Errcodes that make Matrix clients drop their session. An antispam server must never be able
+# to log a user out by rejecting an action, so these become M_FORBIDDEN (message kept).
+SESSION_ENDING_ERRCODES = frozenset(
+    {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_USER_DEACTIVATED", "M_USER_LOCKED"}
+)
+# Extra fields that would make clients act on the session, or crash Synapse's error builder
+# (`cs_error(msg, code, **fields)` takes `msg` and `code` positionally).
+DROPPED_FIELDS = frozenset({"soft_logout", "msg", "code", "errcode", "error"})
+
+
+@attrs.frozen
+class Verdict:
+    outcome: Outcome
+    errcode: str = "M_FORBIDDEN"
+    message: str | None = None
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+    failure: Failure | None = None
+    # check_registration_for_spam only: the server allowed, but asked for a shadow-ban.
+    shadow_ban: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome in (Outcome.ALLOWED, Outcome.FAILED_OPEN, Outcome.BACKGROUND)
+
+
+ALLOW = Verdict(Outcome.ALLOWED)
+BACKGROUND = Verdict(Outcome.BACKGROUND)
+
+
+def rejection(body: Mapping[str, Any]) -> Verdict:
+    """A 4xx JSON body from the antispam server, as a client-safe rejection."""
+    errcode = body.get("errcode")
+    if not isinstance(errcode, str) or not errcode or errcode in SESSION_ENDING_ERRCODES:
+        errcode = "M_FORBIDDEN"
+    message = body.get("error")
+    fields = {k: v for k, v in body.items() if k not in DROPPED_FIELDS}
+    return Verdict(
+        Outcome.REJECTED,
+        errcode=errcode,
+        message=message if isinstance(message, str) else None,
+        fields=fields,
+    )
+
+
+def failed(failure: Failure, fail_open: bool) -> Verdict:
+    if fail_open:
+        return Verdict(Outcome.FAILED_OPEN, failure=failure)
+    return Verdict(
+        Outcome.FAILED_CLOSED,
+        errcode="M_UNKNOWN",
+        message=FAILURE_MESSAGES[failure],
+        failure=failure,
+    )

@@ -1,0 +1,117 @@
+"""Bad config must stop Synapse with a message naming the key; good config must parse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synapse_http_antispam.catalogue import NAMES
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.synapse_compat import ConfigError
+
+BASE = {"base_url": "http://127.0.0.1:8080/"}
+
+
+def error_for(raw: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return str(info.value)
+
+
+def test_minimal_config_uses_documented_defaults() -> None:
+    config = parse_config(BASE)
+    assert config.base_url == "http://127.0.0.1:8080"
+    assert config.enabled_callbacks is None
+    assert config.timeout == 5.0
+    assert config.timeout_for("check_media_file_for_spam") == 30.0
+    assert config.max_response_bytes == 65536
+    # Failure policy defaults: content checks open, gates closed.
+    assert config.fails_open("check_event_for_spam")
+    assert config.fails_open("check_login_for_spam")
+    assert not config.fails_open("user_may_invite")
+    assert not config.fails_open("user_may_send_state_event")
+
+
+def test_upstream_0_5_config_is_accepted_unchanged() -> None:
+    config = parse_config(
+        {
+            "base_url": "http://localhost:8080",
+            "authorization": "random string",
+            "do_ping": True,
+            "enabled_callbacks": ["user_may_invite"],
+            "async": {"user_may_join_room": True},
+            "fail_open": {"check_event_for_spam": False},
+        }
+    )
+    assert config.token == "random string"
+    assert config.enabled_callbacks == frozenset({"user_may_invite"})
+    assert config.background == frozenset({"user_may_join_room"})
+    assert not config.fails_open("check_event_for_spam")
+
+
+def test_typo_in_callback_name_suggests_the_right_one_and_lists_all() -> None:
+    message = error_for({**BASE, "enabled_callbacks": ["user_may_invtie"]})
+    assert "enabled_callbacks" in message
+    assert "did you mean 'user_may_invite'" in message
+    assert all(name in message for name in NAMES)
+
+
+@pytest.mark.parametrize("key", ["fail_open", "async", "timeouts"])
+def test_typo_in_callback_maps(key: str) -> None:
+    value = 1.0 if key == "timeouts" else True
+    message = error_for({**BASE, key: {"check_event_for_spamm": value}})
+    assert key in message and "did you mean 'check_event_for_spam'" in message
+
+
+def test_unknown_key_with_did_you_mean() -> None:
+    message = error_for({**BASE, "fail_opne": {}})
+    assert "fail_opne" in message and "did you mean 'fail_open'" in message
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({}, "base_url"),
+        ({"base_url": "localhost:8080"}, "base_url"),
+        ({"base_url": "ftp://x"}, "base_url"),
+        ({"base_url": 8080}, "base_url"),
+        ({**BASE, "timeout": 0}, "timeout"),
+        ({**BASE, "timeout": -1}, "timeout"),
+        ({**BASE, "timeout": "5"}, "timeout"),
+        ({**BASE, "timeout": True}, "timeout"),
+        ({**BASE, "timeouts": {"user_may_invite": 0}}, "timeouts.user_may_invite"),
+        ({**BASE, "do_ping": "yes"}, "do_ping"),
+        ({**BASE, "fail_open": {"user_may_invite": "true"}}, "fail_open.user_may_invite"),
+        ({**BASE, "fail_open": ["user_may_invite"]}, "fail_open"),
+        ({**BASE, "enabled_callbacks": "user_may_invite"}, "enabled_callbacks"),
+        ({**BASE, "max_concurrency": 0}, "max_concurrency"),
+        ({**BASE, "max_response_bytes": 1.5}, "max_response_bytes"),
+        ({**BASE, "circuit_breaker": {"cooldown": 0}}, "circuit_breaker.cooldown"),
+        ({**BASE, "circuit_breaker": {"treshold": 3}}, "circuit_breaker.treshold"),
+        ({**BASE, "authorization": 123}, "authorization"),
+        ({**BASE, "media_content_max_bytes": 10**6}, "media_content_max_bytes"),
+        ("not a mapping", "config"),
+    ],
+)
+def test_bad_values_name_the_key(raw: Any, key: str) -> None:
+    assert f"{key}:" in error_for(raw)
+
+
+def test_authorization_path_is_read_and_stripped(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    config = parse_config({**BASE, "authorization_path": str(token_file)})
+    assert config.token == "s3cret-token"
+    assert "s3cret-token" not in repr(config)
+
+
+def test_unreadable_authorization_path(tmp_path: Path) -> None:
+    message = error_for({**BASE, "authorization_path": str(tmp_path / "missing")})
+    assert "authorization_path" in message and "cannot read" in message
+
+
+def test_token_never_in_config_errors() -> None:
+    message = error_for({**BASE, "authorization": "tok\nen-secret"})
+    assert "en-secret" not in message

@@ -1,0 +1,126 @@
+"""The modern door registers exactly what each Synapse era's ModuleApi accepts.
+
+Each fake ModuleApi below has a register_spam_checker_callbacks with the era's exact keyword
+list and no **kwargs, like the real one, so an unknown name raises TypeError here just as it
+kills Synapse's startup there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable
+
+import pytest
+
+from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
+from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
+
+BASE_1_37 = (
+    "check_event_for_spam",
+    "user_may_invite",
+    "user_may_create_room",
+    "user_may_create_room_alias",
+    "user_may_publish_room",
+    "check_username_for_spam",
+    "check_registration_for_spam",
+    "check_media_file_for_spam",
+)
+ERA_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "1.37": BASE_1_37,
+    "1.44": (*BASE_1_37, "user_may_create_room_with_invites"),
+    "1.45": (
+        *BASE_1_37,
+        "user_may_create_room_with_invites",
+        "user_may_join_room",
+        "user_may_send_3pid_invite",
+    ),
+    "1.53": (*BASE_1_37, "user_may_join_room", "user_may_send_3pid_invite"),
+    "1.60": (
+        *BASE_1_37,
+        "user_may_join_room",
+        "user_may_send_3pid_invite",
+        "should_drop_federated_event",
+    ),
+}
+ERA_KEYWORDS["1.87"] = (*ERA_KEYWORDS["1.60"], "check_login_for_spam")
+ERA_KEYWORDS["1.132"] = (*ERA_KEYWORDS["1.87"], "user_may_send_state_event")
+ERA_KEYWORDS["1.134"] = (*ERA_KEYWORDS["1.132"], "federated_user_may_invite")
+ERA_KEYWORDS["fork"] = (*ERA_KEYWORDS["1.134"], "accept_make_join")
+
+
+class FakeModuleApi:
+    def __init__(self, keywords: tuple[str, ...], keyword_only: bool = True) -> None:
+        self.registered: dict[str, Callable[..., Any]] = {}
+        star = "*, " if keyword_only else ""
+        params = ", ".join(f"{k}=None" for k in keywords)
+        namespace: dict[str, Any] = {}
+        exec(f"def register({star}{params}):\n    return locals()", namespace)
+        inner = namespace["register"]
+
+        def register(**kwargs: Any) -> None:
+            self.registered.update({k: v for k, v in inner(**kwargs).items() if v is not None})
+
+        register.__signature__ = inspect.signature(inner)  # type: ignore[attr-defined]
+        self.register_spam_checker_callbacks = register
+
+
+def config(**extra: Any) -> dict[str, Any]:
+    return {"base_url": "http://127.0.0.1:9", **extra}
+
+
+@pytest.mark.parametrize("era", ERA_KEYWORDS)
+def test_default_config_registers_every_known_callback_and_nothing_else(era: str) -> None:
+    keywords = ERA_KEYWORDS[era]
+    api = FakeModuleApi(keywords, keyword_only=era >= "1.53")
+    HTTPAntispam(HTTPAntispam.parse_config(config()), api)
+    assert set(api.registered) == set(keywords) & set(CALLBACKS)
+
+
+def test_asked_for_but_unknown_to_this_synapse_is_skipped_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = FakeModuleApi(ERA_KEYWORDS["1.60"])
+    with caplog.at_level(logging.WARNING):
+        HTTPAntispam(
+            HTTPAntispam.parse_config(
+                config(enabled_callbacks=["user_may_invite", "user_may_send_state_event"])
+            ),
+            api,
+        )
+    assert set(api.registered) == {"user_may_invite"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "Callback user_may_send_state_event is not supported by this Synapse release; skipped"
+    ]
+
+
+def test_callbacks_have_the_parameter_counts_synapse_counts() -> None:
+    api = FakeModuleApi(ERA_KEYWORDS["1.134"])
+    HTTPAntispam(HTTPAntispam.parse_config(config()), api)
+    # Synapse passes room_config / requester_id only to callbacks with exactly 2 parameters.
+    assert len(inspect.signature(api.registered["user_may_create_room"]).parameters) == 2
+    assert len(inspect.signature(api.registered["check_username_for_spam"]).parameters) == 2
+    for name, callback in api.registered.items():
+        assert inspect.iscoroutinefunction(callback), name
+        assert callback.__qualname__ == f"HTTPAntispam.{name}"
+
+
+def test_legacy_class_has_legacy_shapes() -> None:
+    # Synapse 1.30-1.36 and 1.37+ (bridge) accept check_registration_for_spam with 3 or 4
+    # parameters, anything else is a startup error.
+    instance = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config()))
+    method = instance.check_registration_for_spam  # type: ignore[attr-defined]
+    assert len(inspect.signature(method).parameters) == 4
+    assert "api" in inspect.getfullargspec(LegacyHTTPAntispam).args
+    for name in LEGACY_NAMES:
+        assert inspect.iscoroutinefunction(getattr(LegacyHTTPAntispam, name)), name
+
+
+def test_legacy_bridge_sees_only_enabled_methods() -> None:
+    api = FakeModuleApi(ERA_KEYWORDS["1.134"])
+    instance = LegacyHTTPAntispam(
+        LegacyHTTPAntispam.parse_config(config(enabled_callbacks=["user_may_invite"])), api
+    )
+    present = {name for name in LEGACY_NAMES if getattr(instance, name, None) is not None}
+    assert present == {"user_may_invite"}

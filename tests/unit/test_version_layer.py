@@ -1,0 +1,224 @@
+"""Every verdict, for every callback family, means the intended thing to every Synapse era.
+
+`interpret` below encodes how Synapse reads a callback's return value in each era (see
+shared reference synapse-compat.md, read from the tagged Synapse sources). The version layer
+must produce values that each era reads as the intended allow/deny, never as "invalid", and
+carry the errcode and message to the client wherever the era can.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pytest
+
+from synapse_http_antispam.catalogue import CALLBACKS, Kind
+from synapse_http_antispam.synapse_compat import Capabilities, sniff, to_synapse
+from synapse_http_antispam.verdict import (
+    ALLOW,
+    BACKGROUND,
+    Failure,
+    Outcome,
+    Verdict,
+    failed,
+    rejection,
+)
+
+
+class Codes(str, enum.Enum):
+    FORBIDDEN = "M_FORBIDDEN"
+    UNKNOWN = "M_UNKNOWN"
+    LIMIT_EXCEEDED = "M_LIMIT_EXCEEDED"
+
+
+class RegistrationBehaviour(enum.Enum):
+    ALLOW = "allow"
+    SHADOW_BAN = "shadow_ban"
+    DENY = "deny"
+
+
+# Synapse checks NOT_SPAM by identity; a fresh string object with the same text must not pass.
+NOT_SPAM = "".join(["NOT_", "SPAM"])
+
+ERAS = {
+    (1, 37): Capabilities((1, 37, 1), registration_behaviour=RegistrationBehaviour),
+    (1, 60): Capabilities(
+        (1, 60, 0), not_spam=NOT_SPAM, codes=Codes, registration_behaviour=RegistrationBehaviour
+    ),
+    (1, 62): Capabilities(
+        (1, 62, 0),
+        not_spam=NOT_SPAM,
+        codes=Codes,
+        gates_take_codes=True,
+        registration_behaviour=RegistrationBehaviour,
+    ),
+    (1, 63): Capabilities(
+        (1, 63, 0),
+        not_spam=NOT_SPAM,
+        codes=Codes,
+        gates_take_codes=True,
+        tuples=True,
+        registration_behaviour=RegistrationBehaviour,
+    ),
+}
+# Callback families that only exist from an era on.
+FAMILY_SINCE = {Kind.STATE: (1, 132), Kind.LOGIN: (1, 87)}
+
+
+def interpret(era: tuple[int, int], kind: Kind, value: Any) -> tuple[str, dict[str, Any] | None]:
+    """("allow" | "deny" | "invalid", client error body where Synapse builds one from value)."""
+
+    def client_error(code: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        assert "msg" not in fields and "code" not in fields, "would crash cs_error"
+        return {"error": "(synapse default)", "errcode": str(code.value), **fields}
+
+    def coded(v: Any) -> tuple[str, dict[str, Any] | None] | None:
+        if isinstance(v, Codes):
+            return "deny", client_error(v, {})
+        if era >= (1, 63) and isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], Codes):
+            return "deny", client_error(v[0], v[1])
+        return None
+
+    if kind is Kind.FLAG:
+        return ("deny" if value else "allow"), None
+    if kind is Kind.REGISTRATION:
+        if not isinstance(value, RegistrationBehaviour):
+            return "invalid", None
+        return ("deny" if value is RegistrationBehaviour.DENY else "allow"), None
+    if kind in (Kind.STATE, Kind.LOGIN):
+        if value is NOT_SPAM:
+            return "allow", None
+        if kind is Kind.STATE and isinstance(value, Codes):
+            return "deny", client_error(value, {})
+        if kind is Kind.LOGIN and coded(value):
+            return coded(value)  # type: ignore[return-value]
+        return "invalid", None
+    if kind is Kind.EVENT:
+        if era < (1, 60):
+            return ("deny" if value else "allow"), (
+                {"error": value} if isinstance(value, str) else None
+            )
+        if value is False or value == "NOT_SPAM":
+            return "allow", None
+        if value is True:
+            return "deny", None
+        result = coded(value)
+        if result:
+            return result
+        if isinstance(value, str):
+            return "deny", {"error": value, "errcode": "M_FORBIDDEN"}
+        return "invalid", None
+    if kind is Kind.MEDIA and era < (1, 62):
+        return ("deny" if value else "allow"), None
+    # GATE (and MEDIA from 1.62)
+    if era < (1, 62):
+        return ("deny" if value is False else "allow"), None
+    if value is NOT_SPAM or (kind is Kind.GATE and value is True):
+        return "allow", None
+    if (value is False and kind is Kind.GATE) or (kind is Kind.MEDIA and value is True):
+        return "deny", None
+    return coded(value) or ("invalid", None)
+
+
+VERDICTS = {
+    "allowed": ALLOW,
+    "background": BACKGROUND,
+    "failed_open": failed(Failure.TIMEOUT, True),
+    "failed_closed": failed(Failure.CONNECT, False),
+    "rejected_standard": rejection({"errcode": "M_LIMIT_EXCEEDED", "error": "Slow down"}),
+    "rejected_custom": rejection(
+        {"errcode": "ORG_EXAMPLE_BLOCKED", "error": "Blocked by policy", "policy": "spam"}
+    ),
+    "rejected_bare": rejection({}),
+}
+
+CASES = [
+    (era, kind, label)
+    for era in ERAS
+    for kind in Kind
+    for label in VERDICTS
+    if era >= FAMILY_SINCE.get(kind, (0, 0))
+]
+
+
+@pytest.mark.parametrize("era, kind, label", CASES)
+def test_every_era_reads_the_intended_verdict(
+    era: tuple[int, int], kind: Kind, label: str
+) -> None:
+    verdict = VERDICTS[label]
+    value = to_synapse(kind, verdict, ERAS[era])
+    meaning, client = interpret(era, kind, value)
+    assert meaning == ("allow" if verdict.allowed else "deny"), (era, kind, value)
+    if client is None or verdict.allowed:
+        return
+    # Where Synapse builds the client error from our value, what it carries is exact.
+    if (
+        verdict.message is not None
+        and "error" in client
+        and client["error"] != "(synapse default)"
+    ):
+        assert client["error"] == verdict.message
+    if era >= (1, 63) and kind is not Kind.STATE:
+        assert client["errcode"] == verdict.errcode
+        for key, extra in verdict.fields.items():
+            assert client[key] == extra
+        if verdict.message is not None:
+            assert client["error"] == verdict.message
+
+
+def test_failed_closed_names_the_antispam_server_not_a_connection() -> None:
+    verdict = failed(Failure.HTTP_STATUS, False)
+    assert verdict.errcode == "M_UNKNOWN"
+    assert verdict.message is not None and "antispam server" in verdict.message
+    assert "connect" not in verdict.message.lower()
+
+
+@pytest.mark.parametrize("errcode", ["M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_USER_DEACTIVATED"])
+def test_session_ending_errcodes_become_forbidden(errcode: str) -> None:
+    verdict = rejection({"errcode": errcode, "error": "nope", "soft_logout": True})
+    assert verdict.errcode == "M_FORBIDDEN"
+    assert verdict.message == "nope"
+    assert "soft_logout" not in verdict.fields
+
+
+def test_fields_that_crash_synapse_error_builder_are_dropped() -> None:
+    verdict = rejection({"errcode": "M_FORBIDDEN", "msg": "x", "code": 1, "keep": 2})
+    assert dict(verdict.fields) == {"keep": 2}
+
+
+def test_non_string_errcode_and_message_fall_back() -> None:
+    verdict = rejection({"errcode": 5, "error": ["x"]})
+    assert verdict.outcome is Outcome.REJECTED
+    assert verdict.errcode == "M_FORBIDDEN" and verdict.message is None
+
+
+def test_event_message_never_equals_not_spam() -> None:
+    # 1.60-1.62 compare event results to "NOT_SPAM" with ==; that text must not allow.
+    verdict = Verdict(Outcome.REJECTED, message="NOT_SPAM")
+    value = to_synapse(Kind.EVENT, verdict, ERAS[(1, 60)])
+    assert interpret((1, 60), Kind.EVENT, value)[0] == "deny"
+
+
+def test_shadow_ban_reaches_registration() -> None:
+    verdict = Verdict(Outcome.ALLOWED, shadow_ban=True)
+    for caps in ERAS.values():
+        assert to_synapse(Kind.REGISTRATION, verdict, caps) is RegistrationBehaviour.SHADOW_BAN
+
+
+def test_every_catalogue_kind_is_covered() -> None:
+    assert {cb.kind for cb in CALLBACKS.values()} == set(Kind)
+
+
+def test_sniff_matches_the_installed_synapse() -> None:
+    """On the real Synapse in this environment, capabilities agree with its release notes."""
+    synapse = pytest.importorskip("synapse")
+    caps = sniff()
+    assert caps.version is not None, synapse.__version__
+    assert (caps.not_spam is not None) == (caps.version >= (1, 60, 0))
+    assert caps.gates_take_codes == (caps.version >= (1, 62, 0))
+    assert caps.tuples == (caps.version >= (1, 63, 0))
+    if caps.not_spam is not None:
+        from synapse.module_api import NOT_SPAM as real_not_spam
+
+        assert to_synapse(Kind.GATE, ALLOW, caps) is real_not_spam
