@@ -175,7 +175,7 @@ class _Pool(client.HTTPConnectionPool):
     reused = False
 
     def __init__(self, reactor: Any) -> None:
-        super().__init__(reactor, persistent=True)
+        super().__init__(reactor, persistent=True)  # type: ignore[no-untyped-call]
 
     def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
         self.reused = True
@@ -390,7 +390,9 @@ class Forwarder:
         timer = self._reactor.callLater(self._config.timeout_for(name), expire)
         try:
             return await d
-        except CancelledError:
+        except Exception:
+            # However the cancellation surfaced (Twisted wraps it in ResponseNeverReceived
+            # while waiting for headers), an expired deadline is a timeout.
             if expired:
                 raise _Fail(Failure.TIMEOUT) from None
             raise
@@ -423,7 +425,9 @@ class Forwarder:
             try:
                 response = await d
                 break
-            except (client.ResponseNeverReceived, client.RequestTransmissionFailed):
+            except (client.ResponseNeverReceived, client.RequestTransmissionFailed) as e:
+                if any(reason.check(CancelledError) for reason in e.reasons):
+                    raise CancelledError() from None
                 if attempt == 1 and reused:
                     logger.debug("Pooled connection to antispam server was closed; retrying once")
                     continue

@@ -1,0 +1,237 @@
+"""A real, scriptable antispam HTTP server for tests: it can answer, reject, stall or misbehave.
+
+Runs in a daemon thread on loopback so that both the module under test (in a Twisted reactor in
+the test process) and a real Synapse process can talk to it over real sockets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Union
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    # dict/list -> JSON; None -> b"{}"; str -> UTF-8; bytes as is.
+    body: bytes | dict[str, Any] | list[Any] | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before the status line
+    never_respond: bool = False  # read the request, then hold the connection open silently
+    stall_body: bool = False  # headers promising more body than is ever sent
+    endless_body: bool = False  # chunked body that never ends
+    close_before_response: bool = False  # read the request, close without a byte
+    close_mid_body: bool = False  # headers, half the body, close
+    close_if_reused: bool = False  # close unanswered when the connection was used before
+
+    def encoded_body(self) -> bytes:
+        if self.body is None:
+            return b"{}"
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode()
+        return json.dumps(self.body).encode()
+
+
+def allow(body: Any = None) -> Behaviour:
+    return Behaviour(status=200, body=body)
+
+
+def reject(
+    errcode: str = "M_FORBIDDEN", error: str = "Blocked", status: int = 403, **extra: Any
+) -> Behaviour:
+    return Behaviour(status=status, body={"errcode": errcode, "error": error, **extra})
+
+
+@dataclass
+class Recorded:
+    callback: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    connection_id: int
+
+
+Rule = Union[Behaviour, Callable[[Recorded], Behaviour]]
+
+
+class AntispamServer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.requests: list[Recorded] = []
+        self.idle_timeout: float | None = None
+        self._rules: dict[str | None, Rule] = {}
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._ids = itertools.count(1)
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> AntispamServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> AntispamServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def set(self, callback: str | None, behaviour: Rule) -> None:
+        """How to answer `callback` (None: every callback without its own rule)."""
+        with self._lock:
+            self._rules[callback] = behaviour
+
+    def reset_behaviours(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def requests_for(self, callback: str) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.callback == callback]
+
+    def wait_for(self, callback: str, count: int = 1, timeout: float = 10.0) -> list[Recorded]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                found = [r for r in self.requests if r.callback == callback]
+                if len(found) >= count or time.monotonic() >= deadline:
+                    return found
+                self._lock.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+
+    def _behaviour_for(self, recorded: Recorded) -> Behaviour:
+        with self._lock:
+            rule = self._rules.get(recorded.callback, self._rules.get(None))
+        if rule is None:
+            if recorded.callback == "ping" and isinstance(recorded.json, dict):
+                return allow({"id": recorded.json.get("id"), "status": "ok"})
+            return allow()
+        return rule(recorded) if callable(rule) else rule
+
+    def _record(self, recorded: Recorded) -> None:
+        with self._lock:
+            self.requests.append(recorded)
+            self._lock.notify_all()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection_id = next(server._ids)
+                self.served = 0
+                if server.idle_timeout is not None:
+                    self.connection.settimeout(server.idle_timeout)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (TimeoutError, socket.timeout, ConnectionError):
+                    self.close_connection = True
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = None
+                recorded = Recorded(
+                    callback=self.path.rstrip("/").rsplit("/", 1)[-1],
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                    json=parsed,
+                    connection_id=self.connection_id,
+                )
+                self.served += 1
+                server._record(recorded)
+                self._answer(server._behaviour_for(recorded))
+
+            def _hang(self) -> None:
+                server._stopping.wait(600)
+                self.close_connection = True
+
+            def _answer(self, b: Behaviour) -> None:
+                if b.close_if_reused and self.served > 1:
+                    self.close_connection = True
+                    return
+                if b.close_before_response:
+                    self.close_connection = True
+                    return
+                if b.delay:
+                    server._stopping.wait(b.delay)
+                if b.never_respond:
+                    return self._hang()
+                payload = b.encoded_body()
+                self.send_response(b.status)
+                headers = {"Content-Type": "application/json", **b.headers}
+                if b.endless_body:
+                    headers["Transfer-Encoding"] = "chunked"
+                elif b.stall_body:
+                    headers["Content-Length"] = str(len(payload) + 100)
+                else:
+                    headers["Content-Length"] = str(len(payload))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    if b.endless_body:
+                        chunk = b"2000\r\n" + b"x" * 0x2000 + b"\r\n"
+                        while not server._stopping.is_set():
+                            self.wfile.write(chunk)
+                    elif b.stall_body:
+                        self.wfile.write(payload)
+                        self.wfile.flush()
+                        self._hang()
+                    elif b.close_mid_body:
+                        self.wfile.write(payload[: len(payload) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                    else:
+                        self.wfile.write(payload)
+                except OSError:
+                    self.close_connection = True
+
+        return Handler
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def drain(requests: list[Recorded]) -> Iterator[Any]:
+    return (r.json for r in requests)

@@ -1,0 +1,320 @@
+"""The forwarder against a real local HTTP server: every way the antispam server can answer.
+
+Nothing here fakes HTTP: the server is `tests.support.antispam_server`, a real socket server
+that can also stall, stream forever, close mid-response or never answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from twisted.internet import defer, reactor, task
+
+from synapse_http_antispam.catalogue import Kind
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+from tests.support.antispam_server import AntispamServer, Behaviour, allow, reject
+
+TOKEN = "very-secret-token-123"
+
+
+@pytest.fixture
+def server() -> Iterator[AntispamServer]:
+    with AntispamServer() as s:
+        yield s
+
+
+def make(url: str, **extra: Any) -> Forwarder:
+    raw = {"base_url": url, "authorization": TOKEN, "timeout": 1.0, **extra}
+    return Forwarder(parse_config(raw))
+
+
+@pytest_twisted.async_yield_fixture
+async def fwd(server: AntispamServer) -> AsyncIterator[Forwarder]:
+    f = make(server.base_url)
+    yield f
+    await f.close()
+
+
+async def check(f: Forwarder, name: str = "user_may_invite", **payload: Any) -> Verdict:
+    return await f.check(name, Kind.GATE, payload or {"inviter": "@a:x", "invitee": "@b:x"})
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_shape(server: AntispamServer, fwd: Forwarder) -> None:
+    verdict = await check(fwd, inviter="@a:x", invitee="@b:x", room_id="!r:x")
+    assert verdict.outcome is Outcome.ALLOWED
+    [req] = server.requests
+    assert req.path == "/user_may_invite"
+    assert req.json == {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
+    assert req.headers["authorization"] == f"Bearer {TOKEN}"
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["user-agent"].startswith("synapse-http-antispam/")
+    assert req.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        allow(),
+        Behaviour(status=204, body=b""),
+        Behaviour(status=200, body=b"not json at all", headers={"Content-Type": "text/plain"}),
+        Behaviour(status=202, body=[1, 2]),
+    ],
+    ids=["200-json", "204-empty", "200-text", "202-list"],
+)
+@pytest_twisted.ensureDeferred
+async def test_any_2xx_allows(
+    server: AntispamServer, fwd: Forwarder, behaviour: Behaviour
+) -> None:
+    server.set(None, behaviour)
+    assert (await check(fwd)).outcome is Outcome.ALLOWED
+
+
+@pytest_twisted.ensureDeferred
+async def test_4xx_json_rejects_with_errcode_message_and_fields(
+    server: AntispamServer, fwd: Forwarder
+) -> None:
+    server.set(None, reject("ORG_EXAMPLE_BLOCKED", "You are on a list", policy="spam"))
+    verdict = await check(fwd)
+    assert verdict.outcome is Outcome.REJECTED
+    assert (verdict.errcode, verdict.message) == ("ORG_EXAMPLE_BLOCKED", "You are on a list")
+    assert verdict.fields == {"policy": "spam"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_4xx_without_errcode_defaults_to_forbidden(
+    server: AntispamServer, fwd: Forwarder
+) -> None:
+    server.set(None, Behaviour(status=403, body={}))
+    verdict = await check(fwd)
+    assert (verdict.outcome, verdict.errcode) == (Outcome.REJECTED, "M_FORBIDDEN")
+
+
+@pytest.mark.parametrize(
+    "behaviour, failure",
+    [
+        (Behaviour(status=500, body={"errcode": "M_FORBIDDEN"}), Failure.HTTP_STATUS),
+        (Behaviour(status=503, body=b"<html>down</html>"), Failure.HTTP_STATUS),
+        (Behaviour(status=401, body={"errcode": "M_UNKNOWN_TOKEN"}), Failure.HTTP_STATUS),
+        (Behaviour(status=407, body={}), Failure.HTTP_STATUS),
+        (Behaviour(status=302, headers={"Location": "http://127.0.0.1:9/x"}), Failure.HTTP_STATUS),
+        (Behaviour(status=400, body=b"<html>bad</html>"), Failure.BAD_RESPONSE),
+        (Behaviour(status=403, body=b"\xff\xfe{not utf-8"), Failure.BAD_RESPONSE),
+        (Behaviour(status=403, body=[1]), Failure.BAD_RESPONSE),
+        (Behaviour(never_respond=True), Failure.TIMEOUT),
+        (Behaviour(stall_body=True, body={"x": 1}), Failure.TIMEOUT),
+        (Behaviour(endless_body=True), Failure.TOO_LARGE),
+        (Behaviour(status=403, body=b"x" * 10_000_000), Failure.TOO_LARGE),
+        (Behaviour(close_before_response=True), Failure.CONNECT),
+        (Behaviour(close_mid_body=True, body={"pad": "x" * 1000}), Failure.CONNECT),
+    ],
+    ids=[
+        "500-json",
+        "503-html",
+        "401-own-auth",
+        "407-proxy-auth",
+        "302-redirect",
+        "400-html",
+        "403-invalid-utf8",
+        "403-json-list",
+        "never-answers",
+        "headers-then-stall",
+        "endless-body",
+        "10MB-body",
+        "closed-before-response",
+        "closed-mid-body",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_server_failures_go_through_the_failure_policy(
+    server: AntispamServer, behaviour: Behaviour, failure: Failure
+) -> None:
+    server.set(None, behaviour)
+    closed = make(server.base_url, timeout=0.5)
+    opened = make(server.base_url, timeout=0.5, fail_open={"user_may_invite": True})
+    try:
+        verdict = await check(closed)
+        assert (verdict.outcome, verdict.failure) == (Outcome.FAILED_CLOSED, failure)
+        assert verdict.errcode == "M_UNKNOWN"
+        assert verdict.message and "antispam server" in verdict.message
+        verdict = await check(opened)
+        assert (verdict.outcome, verdict.failure) == (Outcome.FAILED_OPEN, failure)
+    finally:
+        await closed.close()
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_refused() -> None:
+    with AntispamServer() as gone:
+        url = gone.base_url
+    f = make(url)
+    try:
+        verdict = await check(f)
+        assert verdict.failure is Failure.CONNECT
+        assert "connect" not in (verdict.message or "").lower().replace("could not be reached", "")
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirect_is_not_followed(server: AntispamServer, fwd: Forwarder) -> None:
+    with AntispamServer() as elsewhere:
+        server.set(None, Behaviour(status=307, headers={"Location": elsewhere.base_url + "/x"}))
+        verdict = await check(fwd)
+        assert verdict.failure is Failure.HTTP_STATUS
+        assert elsewhere.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_pooled_connection_is_retried_once(
+    server: AntispamServer, fwd: Forwarder
+) -> None:
+    server.set(None, Behaviour(close_if_reused=True))
+    assert (await check(fwd)).outcome is Outcome.ALLOWED
+    # The second call goes out on the kept-alive connection, which the server drops unanswered.
+    assert (await check(fwd)).outcome is Outcome.ALLOWED
+    assert len(server.requests) == 3
+    assert len({r.connection_id for r in server.requests}) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_fresh_connection_closed_is_not_retried(server: AntispamServer) -> None:
+    server.set(None, Behaviour(close_before_response=True))
+    f = make(server.base_url)
+    try:
+        assert (await check(f)).failure is Failure.CONNECT
+        assert len(server.requests) == 1
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_request_is_not_sent(server: AntispamServer) -> None:
+    f = make(server.base_url, max_request_bytes=1024)
+    try:
+        verdict = await f.check("check_event_for_spam", Kind.EVENT, {"event": "x" * 2000})
+        assert (verdict.outcome, verdict.failure) == (
+            Outcome.FAILED_OPEN,
+            Failure.REQUEST_TOO_LARGE,
+        )
+        assert server.requests == []
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_breaker_stops_calling_a_failing_server_then_probes(
+    server: AntispamServer,
+) -> None:
+    server.set(None, Behaviour(status=500))
+    f = make(server.base_url, circuit_breaker={"failure_threshold": 3, "cooldown": 0.3})
+    try:
+        for _ in range(3):
+            assert (await check(f)).failure is Failure.HTTP_STATUS
+        for _ in range(5):
+            assert (await check(f)).failure is Failure.BREAKER_OPEN
+        assert len(server.requests) == 3
+        server.set(None, allow())
+        await sleep(0.35)
+        assert (await check(f)).outcome is Outcome.ALLOWED  # the probe
+        assert (await check(f)).outcome is Outcome.ALLOWED
+        assert len(server.requests) == 5
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_server_bounds_concurrency_and_fails_fast_beyond_the_queue(
+    server: AntispamServer,
+) -> None:
+    server.set(None, Behaviour(never_respond=True))
+    f = make(
+        server.base_url,
+        timeout=0.5,
+        max_concurrency=4,
+        max_pending=8,
+        circuit_breaker={"failure_threshold": 0},
+    )
+    try:
+        results = await defer.gatherResults([defer.ensureDeferred(check(f)) for _ in range(300)])
+        reasons = [v.failure for v in results]
+        assert reasons.count(Failure.OVERLOADED) == 300 - 12
+        assert reasons.count(Failure.TIMEOUT) == 12
+        # 4 at a time reached the server; the 8 waiting ones ran out of time in the queue.
+        assert len(server.requests) <= 4
+        assert f.limiter.active == 0 and f.limiter.waiting == 0
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_calls_are_bounded_and_overflow_is_dropped(
+    server: AntispamServer,
+) -> None:
+    server.set(None, Behaviour(never_respond=True))
+    f = make(server.base_url, timeout=0.5, max_background=2)
+    try:
+        verdicts = [f.background("user_may_join_room", Kind.GATE, {"n": i}) for i in range(10)]
+        assert all(v.outcome is Outcome.BACKGROUND and v.allowed for v in verdicts)
+        assert f.background_running == 2
+        await sleep(0.7)
+        assert f.background_running == 0
+        assert len(server.requests) == 2
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_and_bodies_never_logged_above_debug(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = make(server.base_url, timeout=0.3, fail_open={"check_login_for_spam": False})
+    payload = {"user_id": "@a:x", "request_info": [["secret-agent", "203.0.113.9"]]}
+    try:
+        with caplog.at_level(logging.DEBUG, logger="synapse_http_antispam"):
+            for behaviour in (
+                Behaviour(status=500, body=b"boom"),
+                Behaviour(never_respond=True),
+                Behaviour(status=401, body={"error": TOKEN}),
+            ):
+                server.set(None, behaviour)
+                await f.check("check_login_for_spam", Kind.LOGIN, payload)
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert TOKEN not in text
+        above_debug = [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG]
+        assert above_debug, "failures must be logged"
+        assert not any("203.0.113.9" in m or "secret-agent" in m for m in above_debug)
+        assert all("check_login_for_spam" in m for m in above_debug)
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_retries_until_the_server_answers(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.set("ping", Behaviour(status=500))
+    f = make(server.base_url, do_ping=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+            f.start_ping()
+            await sleep(0.2)
+            assert len(server.requests_for("ping")) == 1
+            server.reset_behaviours()
+            await sleep(1.2)
+        assert len(server.requests_for("ping")) == 2
+        assert any("Pinged antispam server" in r.getMessage() for r in caplog.records)
+    finally:
+        await f.close()
