@@ -1,0 +1,218 @@
+"""Both doors end to end inside one process: Synapse-shaped calls in, Synapse values out.
+
+The ModuleApi is a fake (its register method has the real keyword list of the installed
+Synapse); HTTP is real, against the local antispam server.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from twisted.internet import reactor, task
+
+from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
+from synapse_http_antispam.catalogue import CALLBACKS
+from synapse_http_antispam.synapse_compat import registrable_callbacks, sniff
+from tests.support.antispam_server import AntispamServer, Behaviour, reject
+
+synapse = pytest.importorskip("synapse")
+CAPS = sniff()
+
+
+class FakeEvent:
+    event_id = "$event:test"
+
+    def get_dict(self) -> dict[str, Any]:
+        return {
+            "type": "m.room.message",
+            "room_id": "!room:test",
+            "sender": "@spammer:test",
+            "content": {"body": "buy now"},
+            "signatures": {"test": {}},
+            "hashes": {"sha256": "x"},
+            "depth": 3,
+            "prev_events": [],
+            "auth_events": [],
+        }
+
+
+class FakeFileWrapper:
+    async def write_chunks_to(self, callback: Any) -> None:
+        callback(b"hello ")
+        callback(b"world")
+
+
+class FakeFileInfo:
+    server_name = None
+    file_id = "abc"
+    url_cache = False
+    thumbnail = None
+
+
+class RoomAlias:
+    def to_string(self) -> str:
+        return "#alias:test"
+
+
+ARGS: dict[str, tuple[Any, ...]] = {
+    "check_event_for_spam": (FakeEvent(),),
+    "should_drop_federated_event": (FakeEvent(),),
+    "user_may_join_room": ("@u:test", "!r:test", True),
+    "user_may_invite": ("@a:test", "@b:test", "!r:test"),
+    "federated_user_may_invite": (FakeEvent(),),
+    "user_may_send_3pid_invite": ("@a:test", "email", "a@example.com", "!r:test"),
+    "user_may_create_room": ("@u:test", {"name": "Room"}),
+    "user_may_create_room_alias": ("@u:test", RoomAlias()),
+    "user_may_publish_room": ("@u:test", "!r:test"),
+    "user_may_send_state_event": ("@u:test", "!r:test", "m.room.topic", "", {"topic": "t"}),
+    "check_username_for_spam": ({"user_id": "@u:test", "display_name": "U"}, "@me:test"),
+    "check_registration_for_spam": (None, "newuser", [("agent", "127.0.0.1")], None),
+    "check_media_file_for_spam": (FakeFileWrapper(), FakeFileInfo()),
+    "check_login_for_spam": ("@u:test", "DEV", None, [("agent", "127.0.0.1")], None),
+    "accept_make_join": ("@u:other", "!r:test"),
+}
+
+
+class FakeApi:
+    worker_name = None
+
+    def __init__(self) -> None:
+        self.registered: dict[str, Any] = {}
+        from synapse.module_api import ModuleApi
+
+        real = inspect.getattr_static(ModuleApi, "register_spam_checker_callbacks")
+        signature = inspect.signature(real) if inspect.isfunction(real) else None
+        known = (
+            [p for p in signature.parameters if p != "self"]
+            if signature
+            else list(CALLBACKS)  # 1.37-1.47: a property; the keyword list lives elsewhere
+        )
+        params = [
+            inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in known
+        ]
+
+        def register(**kwargs: Any) -> None:
+            self.registered.update({k: v for k, v in kwargs.items() if v is not None})
+
+        register.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        self.register_spam_checker_callbacks = register
+
+
+@pytest.fixture
+def server() -> Iterator[AntispamServer]:
+    with AntispamServer() as s:
+        yield s
+
+
+def test_fake_api_matches_this_synapse() -> None:
+    assert "check_event_for_spam" in registrable_callbacks(FakeApi())
+
+
+def is_allow(name: str, value: Any) -> bool:
+    kind = CALLBACKS[name].kind.value
+    if kind == "flag":
+        return value is False
+    if kind == "registration":
+        return value.name == "ALLOW"
+    if CAPS.gates_take_codes or kind in ("state", "login"):
+        return value is CAPS.not_spam
+    if kind == "event":
+        return value is False or value is CAPS.not_spam
+    if kind == "media":
+        return value is False
+    return value is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_modern_door_every_registered_callback_allows_and_rejects(
+    server: AntispamServer,
+) -> None:
+    api = FakeApi()
+    HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
+    assert api.registered
+    for name, callback in api.registered.items():
+        server.set(None, Behaviour())
+        allowed = await callback(*ARGS[name])
+        assert is_allow(name, allowed), (name, allowed)
+        server.set(None, reject("M_FORBIDDEN", "no"))
+        rejected = await callback(*ARGS[name])
+        assert not is_allow(name, rejected), (name, rejected)
+        assert server.requests_for(name)[-1].json is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_payloads_match_the_wire_format(server: AntispamServer) -> None:
+    api = FakeApi()
+    HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
+    for name, callback in api.registered.items():
+        await callback(*ARGS[name])
+    body = {name: server.requests_for(name)[-1].json for name in api.registered}
+    event = body["check_event_for_spam"]["event"]
+    assert event["event_id"] == "$event:test" and event["content"] == {"body": "buy now"}
+    assert not {"signatures", "hashes", "depth", "prev_events", "auth_events"} & set(event)
+    assert body["user_may_create_room_alias"] == {
+        "user_id": "@u:test",
+        "room_alias": "#alias:test",
+    }
+    assert body["user_may_invite"] == {
+        "inviter": "@a:test",
+        "invitee": "@b:test",
+        "room_id": "!r:test",
+    }
+    if "user_may_join_room" in body:
+        assert body["user_may_join_room"] == {
+            "user": "@u:test",
+            "room": "!r:test",
+            "is_invited": True,
+        }
+    assert body["user_may_create_room"] == {"user_id": "@u:test", "room_config": {"name": "Room"}}
+    assert body["check_username_for_spam"]["requester_id"] == "@me:test"
+    media = body["check_media_file_for_spam"]
+    assert media["size"] == 11 and "content_base64" not in media
+    assert media["sha256"] == "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_callbacks_answer_at_once_and_check_in_background(
+    server: AntispamServer,
+) -> None:
+    api = FakeApi()
+    config = {"base_url": server.base_url, "async": {"user_may_invite": True}}
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    server.set(None, reject())
+    value = await api.registered["user_may_invite"](*ARGS["user_may_invite"])
+    assert is_allow("user_may_invite", value)
+    for _ in range(100):  # the reactor must spin for the background call to go out
+        if server.requests_for("user_may_invite"):
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    assert server.requests_for("user_may_invite")
+
+
+@pytest_twisted.ensureDeferred
+async def test_shadow_ban_answer(server: AntispamServer) -> None:
+    api = FakeApi()
+    HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
+    server.set("check_registration_for_spam", Behaviour(body={"shadow_ban": True}))
+    value = await api.registered["check_registration_for_spam"](
+        *ARGS["check_registration_for_spam"]
+    )
+    assert value.name == "SHADOW_BAN"
+
+
+@pytest_twisted.ensureDeferred
+async def test_legacy_door_methods(server: AntispamServer) -> None:
+    checker = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config({"base_url": server.base_url}))
+    server.set(None, reject("M_FORBIDDEN", "Spam detected"))
+    assert not is_allow("check_event_for_spam", await checker.check_event_for_spam(FakeEvent()))  # type: ignore[attr-defined]
+    assert await checker.check_username_for_spam({"user_id": "@u:test"}) is True  # type: ignore[attr-defined]
+    server.set(None, Behaviour())
+    assert is_allow("user_may_invite", await checker.user_may_invite("@a:t", "@b:t", "!r:t"))  # type: ignore[attr-defined]
+    # The legacy 3-argument registration call (Synapse 1.25-1.29) still works.
+    value = await checker.check_registration_for_spam(None, "u", [])  # type: ignore[attr-defined]
+    assert value.name == "ALLOW"
