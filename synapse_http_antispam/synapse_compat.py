@@ -190,7 +190,7 @@ def to_synapse(kind: Kind, verdict: Verdict, caps: Capabilities) -> Any:
         if not allowed:
             return behaviour.DENY
         return behaviour.SHADOW_BAN if verdict.shadow_ban else behaviour.ALLOW
-    if kind in (Kind.STATE, Kind.LOGIN):
+    if kind in (Kind.STATE, Kind.LOGIN) and caps.codes is not None:
         # Only exist on releases with NOT_SPAM and Codes; the state callback takes no tuple.
         if allowed:
             return caps.not_spam
