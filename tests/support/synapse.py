@@ -271,7 +271,7 @@ def request(
 
 
 class Client:
-    """A logged-in Matrix user; every call returns (status, body) and never raises on HTTP errors."""
+    """A logged-in Matrix user. Every call returns (status, body), never raising on HTTP errors."""
 
     def __init__(self, base_url: str, access_token: str, user_id: str) -> None:
         self.base_url = base_url
@@ -321,7 +321,8 @@ class Client:
             status, body = self.call(
                 "POST", f"{prefix}/upload?filename=f.txt", raw=data, content_type=content_type
             )
-            if status not in (400, 404) or body.get("errcode") != "M_UNRECOGNIZED":
+            # Releases before v3 media paths answer 404 (or 400 M_UNRECOGNIZED) there.
+            if status != 404 and body.get("errcode") != "M_UNRECOGNIZED":
                 return status, body
         return status, body
 
