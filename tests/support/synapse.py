@@ -294,10 +294,11 @@ class Client:
     def join(self, room: str) -> Response:
         return self.call("POST", self._r0(f"/join/{q(room)}"), {})
 
-    def send_message(self, room_id: str, text: str) -> Response:
+    def send_message(self, room_id: str, text: str, timeout: float = 60) -> Response:
         self._txn += 1
         path = f"/rooms/{q(room_id)}/send/m.room.message/t{self._txn}.{time.monotonic_ns()}"
-        return self.call("PUT", self._r0(path), {"msgtype": "m.text", "body": text})
+        body = {"msgtype": "m.text", "body": text}
+        return self.call("PUT", self._r0(path), body, timeout=timeout)
 
     def send_state(
         self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]

@@ -1,0 +1,126 @@
+"""A dead, stalled or misconfigured antispam setup never hangs or crashes Synapse."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    HAS_MODULES,
+    VERSION,
+    BootSynapse,
+    door_config,
+    module_config,
+)
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
+from tests.support.synapse import SynapseServer
+
+DEADLINE = 1.0
+# Generous: Synapse's own processing on a loaded 2-core CI machine; the point is "no hang"
+# (the 0.5.x module hung for minutes on a stalled body).
+MARGIN = 15.0
+DOOR = "modules" if HAS_MODULES else "spam_checker"
+
+
+def test_server_down_fails_open_for_messages_and_closed_for_rooms(boot: BootSynapse) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    # Registration fails closed by default: let the test users in.
+    users_ok = {"check_registration_for_spam": True}
+    synapse = boot(DOOR, module_config(dead, do_ping=True, fail_open=users_ok))
+    alice = synapse.register("alice")
+    # user_may_create_room fails closed...
+    status, body = alice.create_room(name="x")
+    assert status == 403, body
+    # ...unless the admin says otherwise; check_event_for_spam fails open by default.
+    synapse2 = boot(
+        DOOR, module_config(dead, fail_open={**users_ok, "user_may_create_room": True})
+    )
+    bob = synapse2.register("bob")
+    status, body = bob.create_room(name="x")
+    assert status == 200, body
+    status, body = bob.send_message(body["room_id"], "still delivered")
+    assert status == 200, body
+    if VERSION >= (1, 63, 0):
+        # The client is told the antispam server failed, never "failed to connect" to Synapse.
+        status, body = alice.create_room(name="y")
+        assert body["errcode"] == "M_UNKNOWN"
+        assert body["error"] == "The antispam server could not be reached"
+
+
+def test_stalled_antispam_server_cannot_hang_a_client_request(
+    antispam: AntispamServer, boot: BootSynapse
+) -> None:
+    synapse = boot(DOOR, module_config(antispam.base_url, timeout=DEADLINE))
+    alice = synapse.register("alice")
+    status, room = alice.create_room(name="room")
+    assert status == 200, room
+    for behaviour in (Behaviour(stall_body=True, body={"x": 1}), Behaviour(never_respond=True)):
+        antispam.set("check_event_for_spam", behaviour)
+        started = time.monotonic()
+        status, body = alice.send_message(room["room_id"], "hello", timeout=DEADLINE + MARGIN)
+        assert time.monotonic() - started < DEADLINE + MARGIN
+        assert status == 200, body  # fail open: the message goes through
+
+
+def test_no_errors_logged_by_the_module_in_normal_operation(
+    antispam: AntispamServer, boot: BootSynapse
+) -> None:
+    synapse = boot(DOOR, module_config(antispam.base_url))
+    alice = synapse.register("alice")
+    antispam.set("user_may_invite", reject())
+    status, room = alice.create_room(name="room")
+    alice.send_message(room["room_id"], "hello")
+    alice.invite(room["room_id"], "@bob:test.local")
+    module_errors = [
+        line
+        for line in synapse.log_text().splitlines()
+        if "synapse_http_antispam" in line and re.search(r" - (ERROR|CRITICAL) - ", line)
+    ]
+    assert module_errors == []
+
+
+@pytest.mark.parametrize("door", ["modules", "spam_checker"])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"base_url": "http://127.0.0.1:1", "enabled_callbacks": ["user_may_invtie"]},
+            "did you mean 'user_may_invite'",
+        ),
+        ({"base_url": "localhost:8080"}, "base_url"),
+        (
+            {"base_url": "http://127.0.0.1:1", "authorization_path": "/nonexistent/token"},
+            "authorization_path",
+        ),
+        ({"base_url": "http://127.0.0.1:1", "timeuot": 3}, "did you mean 'timeout'"),
+    ],
+    ids=["callback-typo", "bad-url", "missing-token-file", "key-typo"],
+)
+def test_bad_config_stops_synapse_with_a_clear_error(
+    tmp_path: Path, door: str, config: dict[str, object], message: str
+) -> None:
+    if door == "modules" and not HAS_MODULES:
+        pytest.skip("Synapse before 1.37 has no modules: section")
+    synapse = SynapseServer(tmp_path, extra_config=door_config(door, config))
+    assert synapse.wait_exit() != 0
+    log = synapse.log_text()
+    assert message in log, log[-3000:]
+
+
+def test_metrics_appear_on_synapses_listener(antispam: AntispamServer, boot: BootSynapse) -> None:
+    if VERSION < (1, 37, 0):
+        pytest.skip("metrics are checked where the modules: door exists")
+    synapse = boot("modules", module_config(antispam.base_url))
+    alice = synapse.register("alice")
+    antispam.set("user_may_create_room", reject())
+    alice.create_room(name="x")
+    text = synapse.metrics()
+    assert re.search(
+        r'synapse_http_antispam_decisions_total\{callback="user_may_create_room",'
+        r'outcome="rejected"\} 1\.0',
+        text,
+    ), text[-2000:]
+    assert "synapse_http_antispam_request_duration_seconds_bucket" in text
