@@ -72,7 +72,8 @@ def test_no_errors_logged_by_the_module_in_normal_operation(
     alice = synapse.register("alice")
     antispam.set("user_may_invite", reject())
     status, room = alice.create_room(name="room")
-    alice.send_message(room["room_id"], "hello")
+    assert status == 200, room
+    assert alice.send_message(room["room_id"], "hello")[0] == 200
     alice.invite(room["room_id"], "@bob:test.local")
     module_errors = [
         line
