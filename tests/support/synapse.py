@@ -353,3 +353,23 @@ def register_via_api(base_url: str, localpart: str, password: str = "password") 
         body["auth"] = {"type": "m.login.dummy", "session": answer["session"]}
         status, answer = request("POST", url, body)
     return status, answer
+
+
+def real_spam_checker_keywords() -> list[str] | None:
+    """The keywords the installed Synapse's register_spam_checker_callbacks accepts.
+
+    None before 1.37 (no `modules:`). 1.37-1.47 expose the method as a property returning
+    SpamChecker.register_callbacks, so the list is read from there.
+    """
+    import inspect
+
+    from synapse.module_api import ModuleApi
+
+    if not hasattr(ModuleApi, "register_spam_checker_callbacks"):
+        return None
+    real = inspect.getattr_static(ModuleApi, "register_spam_checker_callbacks")
+    if not inspect.isfunction(real):
+        from synapse.events.spamcheck import SpamChecker
+
+        real = SpamChecker.register_callbacks
+    return [p for p in inspect.signature(real).parameters if p != "self"]

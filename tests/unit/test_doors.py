@@ -19,6 +19,7 @@ from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import CALLBACKS
 from synapse_http_antispam.synapse_compat import registrable_callbacks, sniff
 from tests.support.antispam_server import AntispamServer, Behaviour, reject
+from tests.support.synapse import real_spam_checker_keywords
 
 synapse = pytest.importorskip("synapse")
 CAPS = sniff()
@@ -89,13 +90,7 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.registered: dict[str, Any] = {}
-        real = inspect.getattr_static(ModuleApi, "register_spam_checker_callbacks")
-        signature = inspect.signature(real) if inspect.isfunction(real) else None
-        if signature is None:  # 1.37-1.47: a property returning SpamChecker.register_callbacks
-            from synapse.events.spamcheck import SpamChecker
-
-            signature = inspect.signature(SpamChecker.register_callbacks)
-        known = [p for p in signature.parameters if p != "self"]
+        known = real_spam_checker_keywords() or []
         params = [
             inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in known
         ]

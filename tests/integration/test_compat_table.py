@@ -1,0 +1,38 @@
+"""The README's compatibility table is checked against the Synapse this environment runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from synapse_http_antispam.catalogue import CALLBACKS
+from tests.integration.conftest import VERSION
+from tests.support.synapse import real_spam_checker_keywords
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+LINES = ("1.30", "1.37", "1.59", "1.62", "1.87", "1.99", "1.134")
+
+
+def readme_row() -> list[str]:
+    line = f"{VERSION[0]}.{VERSION[1]}"
+    key = line if line in LINES else "newest"
+    for row in README.read_text().splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if cells and cells[0] == key:
+            return cells
+    raise AssertionError(f"README compatibility table has no row {key!r}")
+
+
+def test_readme_states_what_this_release_registers() -> None:
+    cells = readme_row()
+    keywords = real_spam_checker_keywords()
+    if keywords is None:
+        assert cells[2].startswith("no"), cells
+        return
+    registered = set(keywords) & set(CALLBACKS)
+    match = re.match(r"(\d+)", cells[2])
+    assert match, cells
+    assert int(match[1]) == len(registered), (cells[2], sorted(registered))
+    # Every callback the row names as added is really registered on this release.
+    for name in re.findall(r"`([a-z_]+)`", cells[2]):
+        assert name in registered, name
