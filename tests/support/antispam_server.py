@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -65,7 +66,9 @@ Rule = Union[Behaviour, Callable[[Recorded], Behaviour]]
 
 
 class AntispamServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.requests: list[Recorded] = []
         self.idle_timeout: float | None = None
         self._rules: dict[str | None, Rule] = {}
@@ -74,12 +77,15 @@ class AntispamServer:
         self._ids = itertools.count(1)
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
+        self._tls = tls
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def start(self) -> AntispamServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)

@@ -318,3 +318,26 @@ async def test_ping_retries_until_the_server_answers(
         assert any("Pinged antispam server" in r.getMessage() for r in caplog.records)
     finally:
         await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_with_a_ca_file_and_not_without(tmp_path: Any) -> None:
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with AntispamServer(tls=context) as server:
+        trusted = make(server.base_url, ca_file=str(ca_file))
+        untrusted = make(server.base_url)
+        try:
+            assert server.base_url.startswith("https://")
+            assert (await check(trusted)).outcome is Outcome.ALLOWED
+            assert (await check(untrusted)).failure is Failure.CONNECT
+            assert len(server.requests) == 1
+        finally:
+            await trusted.close()
+            await untrusted.close()
