@@ -15,7 +15,7 @@ from synapse_http_antispam.metrics import PrometheusObserver
 from synapse_http_antispam.synapse_compat import (
     Capabilities,
     call_external,
-    detach,
+    outside_log_context,
     synapse_version_string,
     to_synapse,
 )
@@ -54,9 +54,8 @@ class Dispatcher:
             return failed(Failure.INTERNAL, self.config.fails_open(name))
         assert isinstance(payload, dict)
         if name in self.config.background:
-            verdicts: list[Verdict] = []
-            detach(lambda: verdicts.append(self.forwarder.background(name, spec.kind, payload)))
-            return verdicts[0]
+            with outside_log_context():
+                return self.forwarder.background(name, spec.kind, payload)
         return await call_external(self.forwarder.check(name, spec.kind, payload))
 
 

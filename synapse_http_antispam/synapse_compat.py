@@ -239,10 +239,10 @@ def call_external(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
     return _YIELDABLE(d)  # type: ignore[no-any-return]
 
 
-def detach(start: Callable[[], None]) -> None:
-    """Start background work outside the caller's log context (it must not outlive it)."""
-    with _PRESERVE():
-        start()
+def outside_log_context() -> Any:
+    """A context manager for starting background work that must not inherit the caller's
+    log context (it would outlive the request it belongs to)."""
+    return _PRESERVE()
 
 
 def instance_name(api: Any) -> str:

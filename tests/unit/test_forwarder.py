@@ -341,3 +341,41 @@ async def test_https_with_a_ca_file_and_not_without(tmp_path: Any) -> None:
         finally:
             await trusted.close()
             await untrusted.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_down_under_load_trips_the_breaker_and_memory_stays_flat() -> None:
+    import gc
+    import tracemalloc
+
+    with AntispamServer() as gone:
+        url = gone.base_url
+    f = make(url, max_concurrency=8, max_pending=32)
+    try:
+
+        async def wave() -> list[Verdict]:
+            return list(
+                await defer.gatherResults([defer.ensureDeferred(check(f)) for _ in range(300)])
+            )
+
+        first = await wave()
+        # 8 in flight and 32 waiting at most, the rest refused at once. Twisted reports a
+        # refused connection after ~0.3 s, so some of the waiting ones run out of time.
+        reasons = [v.failure for v in first]
+        assert set(reasons) <= {Failure.CONNECT, Failure.TIMEOUT, Failure.OVERLOADED}
+        assert reasons.count(Failure.OVERLOADED) == 300 - 40
+        assert f.breaker.is_open
+        tracemalloc.start()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            later = await wave()
+            assert {v.failure for v in later} == {Failure.BREAKER_OPEN}
+            assert all(v.outcome is Outcome.FAILED_CLOSED for v in later)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert grown < 256 * 1024, grown
+        assert f.limiter.active == 0 and f.limiter.waiting == 0
+    finally:
+        await f.close()
