@@ -56,7 +56,9 @@ class Dispatcher:
         if name in self.config.background:
             with outside_log_context():
                 return self.forwarder.background(name, spec.kind, payload)
-        return await call_external(self.forwarder.check(name, spec.kind, payload))
+        verdict = await call_external(self.forwarder.check(name, spec.kind, payload, report=False))
+        self.forwarder.report(name, verdict)  # back in the request's log context
+        return verdict
 
 
 def make_callback(

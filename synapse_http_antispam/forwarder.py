@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import attrs
 from zope.interface import implementer
 
 from treq.client import HTTPClient
@@ -332,12 +333,20 @@ class Forwarder:
 
     # ---- the decision path --------------------------------------------------------------
 
-    async def check(self, name: str, kind: Kind, payload: Mapping[str, Any]) -> Verdict:
-        """The verdict for one callback call. Never raises."""
+    async def check(
+        self, name: str, kind: Kind, payload: Mapping[str, Any], *, report: bool = True
+    ) -> Verdict:
+        """The verdict for one callback call. Never raises.
+
+        With report=False the caller logs the outcome through `report`, from its own log
+        context, so that Synapse's log line carries the request it belongs to.
+        """
         start = self._reactor.seconds()
+        self._request_count += 1
+        request_id = f"{self._request_prefix}-{self._request_count}"
         status: int | None = None
         try:
-            verdict = await self._check(name, kind, payload)
+            verdict = await self._check(name, kind, payload, request_id)
         except _Fail as e:
             status = e.status
             verdict = failed(e.failure, self._config.fails_open(name))
@@ -345,26 +354,40 @@ class Forwarder:
             logger.exception("Antispam check %s failed inside the module", name)
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
         seconds = self._reactor.seconds() - start
-        if verdict.failure is not None and verdict.failure is not Failure.BREAKER_OPEN:
-            logger.warning(
-                "Antispam %s: %s (%s) after %.0f ms%s",
-                name,
-                verdict.outcome.value,
-                verdict.failure.value,
-                seconds * 1000,
-                f", HTTP {status}" if status is not None else "",
-            )
+        verdict = attrs.evolve(verdict, request_id=request_id, http_status=status, seconds=seconds)
         self._observer.decided(name, verdict, seconds)
+        if report:
+            self.report(name, verdict)
         return verdict
 
-    async def _check(self, name: str, kind: Kind, payload: Mapping[str, Any]) -> Verdict:
+    def report(self, name: str, verdict: Verdict) -> None:
+        """One WARNING per failure: callback, outcome, reason, duration, status, request id.
+
+        Calls skipped by an open breaker are not logged one by one; the breaker logs opening
+        and closing, and metrics count them.
+        """
+        if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
+            return
+        logger.warning(
+            "Antispam %s: %s (%s) after %.0f ms%s [X-Request-ID %s]",
+            name,
+            verdict.outcome.value,
+            verdict.failure.value,
+            verdict.seconds * 1000,
+            f", HTTP {verdict.http_status}" if verdict.http_status is not None else "",
+            verdict.request_id,
+        )
+
+    async def _check(
+        self, name: str, kind: Kind, payload: Mapping[str, Any], request_id: str
+    ) -> Verdict:
         body = encode(payload)
         if len(body) > self._config.max_request_bytes:
             raise _Fail(Failure.REQUEST_TOO_LARGE)
         if not self.breaker.allow():
             raise _Fail(Failure.BREAKER_OPEN)
         try:
-            status, content = await self._with_deadline(name, body)
+            status, content = await self._with_deadline(name, body, request_id)
             verdict = _classify(kind, status, content)
         except _Fail as e:
             # A full queue says nothing about the server's health.
@@ -379,8 +402,8 @@ class Forwarder:
         self.breaker.success()
         return verdict
 
-    async def _with_deadline(self, name: str, body: bytes) -> tuple[int, bytes]:
-        d = defer.ensureDeferred(self._limited(name, body))
+    async def _with_deadline(self, name: str, body: bytes, request_id: str) -> tuple[int, bytes]:
+        d = defer.ensureDeferred(self._limited(name, body, request_id))
         expired = []
 
         def expire() -> None:
@@ -400,21 +423,18 @@ class Forwarder:
             if timer.active():
                 timer.cancel()
 
-    async def _limited(self, name: str, body: bytes) -> tuple[int, bytes]:
+    async def _limited(self, name: str, body: bytes, request_id: str) -> tuple[int, bytes]:
         await self._limiter.acquire()
         self._observer.in_flight(1)
         try:
-            return await self._exchange(name, body)
+            return await self._exchange(name, body, request_id)
         finally:
             self._observer.in_flight(-1)
             self._limiter.release()
 
-    async def _exchange(self, name: str, body: bytes) -> tuple[int, bytes]:
+    async def _exchange(self, name: str, body: bytes, request_id: str) -> tuple[int, bytes]:
         url = f"{self._config.base_url}/{name}"
-        self._request_count += 1
-        headers = Headers(
-            {**self._headers, "X-Request-ID": [f"{self._request_prefix}-{self._request_count}"]}
-        )
+        headers = Headers({**self._headers, "X-Request-ID": [request_id]})
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST %s %s", url, body[:2048].decode("utf-8", "replace"))
         for attempt in (1, 2):
@@ -471,7 +491,8 @@ class Forwarder:
         ping_id = "".join(random.choices("abcdefghijklmnopqrstuvwxyz", k=8))
         problem = None
         try:
-            status, content = await self._with_deadline("ping", encode({"id": ping_id}))
+            body = encode({"id": ping_id})
+            status, content = await self._with_deadline("ping", body, f"ping-{ping_id}")
             answer = _json_object(content)
             if not 200 <= status < 300:
                 problem = f"HTTP {status}"

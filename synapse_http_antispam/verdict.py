@@ -64,6 +64,10 @@ class Verdict:
     failure: Failure | None = None
     # check_registration_for_spam only: the server allowed, but asked for a shadow-ban.
     shadow_ban: bool = False
+    # Diagnostics for logs: the X-Request-ID sent, the HTTP status seen, the time taken.
+    request_id: str | None = None
+    http_status: int | None = None
+    seconds: float = 0.0
 
     @property
     def allowed(self) -> bool:
