@@ -118,8 +118,10 @@ class SynapseServer:
         modules: list[dict[str, Any]] | None = None,
         spam_checker: list[dict[str, Any]] | dict[str, Any] | None = None,
         extra_config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.env = env or {}
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.metrics_port = free_port()
@@ -148,15 +150,20 @@ class SynapseServer:
         with open(self.workdir / "signing.key", "w") as f:
             write_signing_keys(f, [generate_signing_key("a_test")])
 
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.workdir / "stdout.log", "wb") as stdout:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+                cwd=self.workdir,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+            )
+        return self.process
+
     def start(self, timeout: float = 60.0) -> SynapseServer:
-        stdout = open(self.workdir / "stdout.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
-            cwd=self.workdir,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SYNAPSE_ASYNC_IO_REACTOR": "0"},
-        )
+        self._spawn()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -175,15 +182,9 @@ class SynapseServer:
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         """For configs that must stop Synapse: its exit code (after the startup error)."""
-        stdout = open(self.workdir / "stdout.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
-            cwd=self.workdir,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-        )
+        process = self._spawn()
         try:
-            return self.process.wait(timeout)
+            return process.wait(timeout)
         finally:
             self.stop()
 

@@ -379,3 +379,14 @@ async def test_server_down_under_load_trips_the_breaker_and_memory_stays_flat() 
         assert f.limiter.active == 0 and f.limiter.waiting == 0
     finally:
         await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_keepalive_closed_by_the_server_is_not_a_failure(
+    server: AntispamServer, fwd: Forwarder
+) -> None:
+    server.idle_timeout = 0.2
+    for _ in range(3):
+        assert (await check(fwd)).outcome is Outcome.ALLOWED
+        await sleep(0.4)  # the server drops the idle connection meanwhile
+    assert len(server.requests) == 3
