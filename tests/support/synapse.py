@@ -119,6 +119,7 @@ class SynapseServer:
         spam_checker: list[dict[str, Any]] | dict[str, Any] | None = None,
         extra_config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        extra_listeners: list[dict[str, Any]] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.env = env or {}
@@ -126,6 +127,7 @@ class SynapseServer:
         self.port = free_port()
         self.metrics_port = free_port()
         config = base_config(self.workdir, self.port, self.metrics_port)
+        config["listeners"] += extra_listeners or []
         if modules is not None:
             config["modules"] = modules
         if spam_checker is not None:
