@@ -1,230 +1,303 @@
 """The demo: a real Synapse with synapse-http-antispam and the example policy server.
 
     tox -e demo                      # play the scenario and print what happened
-    tox -e demo -- --keep-running    # then leave everything running for a Matrix client
+    tox -e demo -- --keep-running    # then leave both running for a Matrix client
 
-Exits 0 when every step did what the table says it should, non-zero otherwise.
+Also runnable from the repository root, in an environment with Synapse and this package
+installed (`pip install -e .[test]`): `python -m demo.run` or `python demo/run.py`.
+Exits 0 when every step did what the table says it should, 1 if one did not, 2 if the demo
+could not run.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from demo.policy_server import Policy, serve
-from tests.support.antispam_server import free_port
-from tests.support.synapse import Response, SynapseServer
-
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "demo-shared-secret"
-BLOCKED_USER = "@mallory:test.local"
+if str(ROOT) not in sys.path:  # `python demo/run.py` puts demo/ on the path, not the root
+    sys.path.insert(0, str(ROOT))
+
+from demo.policy_server import Policy, PolicyServer, serve  # noqa: E402
+from tests.support.antispam_server import free_port  # noqa: E402
+from tests.support.synapse import Client, Response, SynapseServer, q  # noqa: E402
+
+SERVER_NAME = "demo.local"
+TOKEN = "demo-policy-token"
+PASSWORD = "password"
+BLOCKED_USER = f"@mallory:{SERVER_NAME}"
 BLOCKED_WORD = "viagra"
+WORKDIR = ROOT / "_demo"
 
+MODULE_CONFIG: dict[str, Any] = {
+    "authorization": TOKEN,
+    # Defaults stay for the rest: messages fail open, invites and joins fail closed. Account
+    # creation (which Synapse checks even through the admin API) fails open here instead.
+    "fail_open": {"check_registration_for_spam": True},
+    "do_ping": True,
+    "timeout": 2,
+    "circuit_breaker": {"failure_threshold": 5, "cooldown": 1},
+}
 
-class Scenario:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str, str, bool]] = []
-
-    def step(
-        self,
-        who: str,
-        action: str,
-        expect: str,
-        call: Callable[[], Response],
-        check: Callable[[int, dict[str, Any]], bool],
-    ) -> dict[str, Any]:
-        status, body = call()
-        got = f"{status}" + (
-            f" {body['errcode']}: {body.get('error')}" if "errcode" in body else ""
-        )
-        extra = {
-            k: v for k, v in body.items() if k not in ("errcode", "error", "event_id", "room_id")
-        }
-        if extra and "errcode" in body:
-            got += f" {extra}"
-        ok = check(status, body)
-        self.rows.append((str(len(self.rows) + 1), who, action, expect, got, ok))
-        mark = "OK" if ok else "UNEXPECTED"
-        print(f"  {len(self.rows):>2}. {who:<8} {action:<34} -> {got}  [{mark}]")
-        return body
-
-    def table(self) -> str:
-        head = ("#", "who", "action", "expected", "client got", "")
-        rows = [head] + [(*r[:5], "OK" if r[5] else "UNEXPECTED") for r in self.rows]
-        widths = [max(len(row[i]) for row in rows) for i in range(6)]
-        line = lambda row: " | ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
-        return "\n".join(
-            [line(rows[0]), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
-        )
+Check = Callable[[int, dict[str, Any]], bool]
+WIDTHS = (2, 7, 30, 35, 10)  # step, who, action, expected, result; then what the client got
 
 
 def allowed(status: int, body: dict[str, Any]) -> bool:
     return status == 200
 
 
-def rejected_with(
-    errcode: str, error: str | None = None, **fields: Any
-) -> Callable[[int, dict[str, Any]], bool]:
+def rejected(errcode: str, error: str | None = None, contains: str = "", **fields: Any) -> Check:
     def check(status: int, body: dict[str, Any]) -> bool:
+        message = str(body.get("error", ""))
         return (
             status == 403
             and body.get("errcode") == errcode
-            and (error is None or body.get("error") == error)
+            and (error is None or message == error)
+            and contains in message
             and all(body.get(k) == v for k, v in fields.items())
         )
 
     return check
 
 
+def shown(status: int, body: dict[str, Any]) -> str:
+    """What the client got, in one line: status, errcode, message and any extra fields."""
+    if "errcode" not in body:
+        return f"{status}" + (f" {body['_shows']}" if "_shows" in body else "")
+    extra = "".join(f" {k}={v}" for k, v in body.items() if k not in ("errcode", "error"))
+    return f"{status} {body['errcode']} {body.get('error')!r}{extra}"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.results: list[bool] = []
+
+    def row(self, *cells: str) -> None:
+        print(" | ".join(c.ljust(w) for c, w in zip(cells, WIDTHS)) + " | " + cells[-1])
+
+    def header(self) -> None:
+        self.row("#", "who", "action", "expected", "result", "client got (status errcode error)")
+        print("-+-".join("-" * w for w in (*WIDTHS, 40)))
+
+    def phase(self, text: str) -> None:
+        print(f"{'':>{WIDTHS[0]}} | {text}")
+
+    def step(
+        self, who: str, action: str, expected: str, call: Callable[[], Response], check: Check
+    ) -> dict[str, Any]:
+        status, body = call()
+        ok = check(status, body)
+        self.results.append(ok)
+        number = str(len(self.results))
+        self.row(number, who, action, expected, "OK" if ok else "UNEXPECTED", shown(status, body))
+        return body
+
+
+def last_message(client: Client, room_id: str) -> Response:
+    path = f"/_matrix/client/r0/rooms/{q(room_id)}/messages?dir=b&limit=10"
+    status, body = client.call("GET", path)
+    texts = [
+        e["content"].get("body") for e in body.get("chunk", []) if e["type"] == "m.room.message"
+    ]
+    return status, (
+        {"_shows": repr(texts[0]) if texts else "no message"} if status == 200 else body
+    )
+
+
+def register(synapse: SynapseServer, name: str) -> Response:
+    return synapse.admin_register(name, PASSWORD)
+
+
+def scenario(synapse: SynapseServer, policy_up: Callable[[bool], None]) -> list[bool]:
+    t = Table()
+    alice, bob, carol, mallory = (
+        synapse.register(n, PASSWORD) for n in ("alice", "bob", "carol", "mallory")
+    )
+    t.header()
+
+    t.phase("Phase 1: normal users, normal actions: the policy server allows everything")
+    room = t.step(
+        "alice",
+        "create a room",
+        "allowed",
+        lambda: alice.create_room(preset="public_chat", name="Demo"),
+        allowed,
+    )
+    room_id = str(room.get("room_id", ""))
+    t.step("alice", "invite bob", "allowed", lambda: alice.invite(room_id, bob.user_id), allowed)
+    t.step("bob", "join the room", "allowed", lambda: bob.join(room_id), allowed)
+    t.step(
+        "alice",
+        "say 'hello bob'",
+        "allowed",
+        lambda: alice.send_message(room_id, "hello bob"),
+        allowed,
+    )
+    t.step(
+        "bob", "say 'hi alice'", "allowed", lambda: bob.send_message(room_id, "hi alice"), allowed
+    )
+
+    t.phase(f"Phase 2: the policy blocks {BLOCKED_USER} and the word {BLOCKED_WORD!r}")
+    own = t.step(
+        "mallory", "create her own room", "allowed", lambda: mallory.create_room(name="M"), allowed
+    )
+    t.step(
+        "mallory",
+        "invite bob to it",
+        "403 M_FORBIDDEN, policy's message",
+        lambda: mallory.invite(str(own.get("room_id", "")), bob.user_id),
+        rejected("M_FORBIDDEN", f"{BLOCKED_USER} may not invite anyone here"),
+    )
+    t.step(
+        "mallory",
+        "join alice's room",
+        "403 M_FORBIDDEN, policy's message",
+        lambda: mallory.join(room_id),
+        rejected("M_FORBIDDEN", f"{BLOCKED_USER} may not join rooms here"),
+    )
+    t.step(
+        "alice",
+        f"say 'cheap {BLOCKED_WORD}!'",
+        "403 ORG_EXAMPLE_SPAM + matched_word",
+        lambda: alice.send_message(room_id, f"cheap {BLOCKED_WORD}!"),
+        rejected("ORG_EXAMPLE_SPAM", "This message looks like spam", matched_word=BLOCKED_WORD),
+    )
+    t.step(
+        "alice",
+        f"create room '{BLOCKED_WORD} deals'",
+        "403 M_FORBIDDEN, policy's message",
+        lambda: alice.create_room(name=f"{BLOCKED_WORD} deals"),
+        rejected("M_FORBIDDEN", contains="may not contain"),
+    )
+
+    t.phase("Phase 3: the policy server is stopped: messages fail open, invites fail closed")
+    policy_up(False)
+    t.step(
+        "alice",
+        "say 'are you there?'",
+        "allowed (fails open)",
+        lambda: alice.send_message(room_id, "are you there?"),
+        allowed,
+    )
+    t.step(
+        "bob",
+        "read the room",
+        "sees 'are you there?'",
+        lambda: last_message(bob, room_id),
+        lambda status, body: body.get("_shows") == "'are you there?'",
+    )
+    t.step(
+        "alice",
+        "invite carol",
+        "403 M_UNKNOWN (fails closed)",
+        lambda: alice.invite(room_id, carol.user_id),
+        rejected("M_UNKNOWN", contains="antispam server"),
+    )
+    t.step(
+        "admin",
+        "register dave (admin API)",
+        "allowed (fail_open override)",
+        lambda: register(synapse, "dave"),
+        allowed,
+    )
+
+    t.phase("Phase 4: the policy server is back on the same port: checks resume")
+    policy_up(True)
+    time.sleep(1.2)  # past the circuit breaker's cooldown (1 s), in case failures opened it
+    t.step(
+        "alice", "invite carol", "allowed", lambda: alice.invite(room_id, carol.user_id), allowed
+    )
+    t.step("carol", "join the room", "allowed", lambda: carol.join(room_id), allowed)
+    t.step(
+        "carol",
+        f"say '{BLOCKED_WORD} again'",
+        "403 ORG_EXAMPLE_SPAM + matched_word",
+        lambda: carol.send_message(room_id, f"{BLOCKED_WORD} again"),
+        rejected("ORG_EXAMPLE_SPAM", matched_word=BLOCKED_WORD),
+    )
+    return t.results
+
+
+def keep_running(synapse: SynapseServer, policy_url: str) -> None:
+    tool = Path(sys.executable).parent / "register_new_matrix_user"
+    print(
+        f"""
+Still running (Ctrl-C stops both). Point a Matrix client (Element, ...) at:
+  homeserver URL  {synapse.base_url}   (server name {SERVER_NAME}, loopback only)
+  users           alice, bob, carol, dave, mallory; password {PASSWORD!r}
+  policy server   {policy_url}: blocks {BLOCKED_USER} (invites, joins) and the word
+                  {BLOCKED_WORD!r} (messages, room names and topics)
+Open registration is off: accounts are made with the shared-secret admin API, e.g.
+  {tool} -c {synapse.config_path} -u NAME -p PASSWORD --no-admin {synapse.base_url}
+Synapse's config and log: {WORKDIR}"""
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    print("\nStopping.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="synapse-http-antispam demo")
-    parser.add_argument("--keep-running", action="store_true", help="leave Synapse running")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the scenario, leave Synapse and the policy server running until Ctrl-C",
+    )
     args = parser.parse_args()
 
-    workdir = ROOT / "_demo"
-    shutil.rmtree(workdir, ignore_errors=True)
-    port = free_port()
+    shutil.rmtree(WORKDIR, ignore_errors=True)
     policy = Policy({BLOCKED_USER}, {BLOCKED_WORD})
-    policy_server = serve(policy, TOKEN, port=port)
-    module_config = {
-        "base_url": f"http://127.0.0.1:{port}",
-        "authorization": TOKEN,
-        "do_ping": True,
-        "timeout": 2,
-        "circuit_breaker": {"failure_threshold": 3, "cooldown": 1},
+    port = free_port()
+    servers: list[PolicyServer] = [serve(policy, TOKEN, port=port)]
+    policy_url = f"http://127.0.0.1:{port}"
+
+    def policy_up(up: bool) -> None:
+        if up:
+            servers.append(serve(policy, TOKEN, port=port))
+        else:
+            servers.pop().stop()
+
+    module = {
+        "module": "synapse_http_antispam.HTTPAntispam",
+        "config": {"base_url": policy_url, **MODULE_CONFIG},
     }
-    print("Booting Synapse with synapse_http_antispam.HTTPAntispam under modules: ...")
-    synapse = SynapseServer(
-        workdir,
-        extra_config={
-            "modules": [{"module": "synapse_http_antispam.HTTPAntispam", "config": module_config}]
-        },
-    ).start()
-    print(
-        f"Synapse {'.'.join(map(str, synapse.version))} at {synapse.base_url}; "
-        f"policy server at {module_config['base_url']}\n"
-    )
-    s = Scenario()
+    synapse = SynapseServer(WORKDIR, modules=[module], extra_config={"server_name": SERVER_NAME})
+    version = ".".join(map(str, synapse.version))
+    print(f"Starting Synapse {version} (SQLite, loopback) with the module under `modules:`,")
+    print(f"talking to the example policy server (demo/policy_server.py) at {policy_url}.\n")
     try:
-        alice, bob, carol = (synapse.register(n) for n in ("alice", "bob", "carol"))
-        mallory = synapse.register("mallory")
-
-        print("1. Normal users: everything goes through")
-        room = s.step(
-            "alice",
-            "create a public room",
-            "allowed",
-            lambda: alice.create_room(preset="public_chat", name="Demo"),
-            allowed,
-        )
-        room_id = room.get("room_id", "")
-        s.step(
-            "alice", "invite bob", "allowed", lambda: alice.invite(room_id, bob.user_id), allowed
-        )
-        s.step("bob", "join the room", "allowed", lambda: bob.join(room_id), allowed)
-        s.step(
-            "alice",
-            "say 'hello bob'",
-            "allowed",
-            lambda: alice.send_message(room_id, "hello bob"),
-            allowed,
-        )
-        s.step(
-            "bob",
-            "say 'hi alice'",
-            "allowed",
-            lambda: bob.send_message(room_id, "hi alice"),
-            allowed,
-        )
-
-        print("\n2. The policy server blocks mallory and a word")
-        own = s.step(
-            "mallory",
-            "create her own room",
-            "allowed",
-            lambda: mallory.create_room(name="Mallory's"),
-            allowed,
-        )
-        s.step(
-            "mallory",
-            "invite bob",
-            "403 M_FORBIDDEN (policy's text)",
-            lambda: mallory.invite(own.get("room_id", ""), bob.user_id),
-            rejected_with("M_FORBIDDEN", f"{BLOCKED_USER} is blocked here"),
-        )
-        s.step(
-            "mallory",
-            "join alice's room",
-            "403 M_FORBIDDEN (policy's text)",
-            lambda: mallory.join(room_id),
-            rejected_with("M_FORBIDDEN", f"{BLOCKED_USER} is blocked here"),
-        )
-        s.step(
-            "alice",
-            f"say 'cheap {BLOCKED_WORD}'",
-            "403 ORG_EXAMPLE_SPAM + matched_word",
-            lambda: alice.send_message(room_id, f"cheap {BLOCKED_WORD}"),
-            rejected_with(
-                "ORG_EXAMPLE_SPAM", "This message looks like spam", matched_word=BLOCKED_WORD
-            ),
-        )
-
-        print("\n3. The policy server goes down: messages fail open, invites fail closed")
-        policy_server.stop()
-        s.step(
-            "alice",
-            "say 'are you there?'",
-            "allowed (fails open)",
-            lambda: alice.send_message(room_id, "are you there?"),
-            allowed,
-        )
-        s.step(
-            "alice",
-            "invite carol",
-            "403 M_UNKNOWN (fails closed)",
-            lambda: alice.invite(room_id, carol.user_id),
-            rejected_with("M_UNKNOWN", "The antispam server could not be reached"),
-        )
-
-        print("\n4. The policy server comes back")
-        policy_server = serve(policy, TOKEN, port=port)
-        time.sleep(1.5)  # let the circuit breaker's cooldown pass so it probes again
-        s.step(
-            "alice",
-            "invite carol",
-            "allowed",
-            lambda: alice.invite(room_id, carol.user_id),
-            allowed,
-        )
-        s.step("carol", "join the room", "allowed", lambda: carol.join(room_id), allowed)
-    except Exception as e:  # report, do not hide: the table so far and the reason
-        print(f"\nThe demo stopped: {type(e).__name__}: {e}\nSynapse log tail:\n{synapse.tail()}")
-        synapse.stop()
+        synapse.start()
+        results = scenario(synapse, policy_up)
+        failed = results.count(False)
+        print(f"\n{len(results) - failed} of {len(results)} steps as expected.")
+        if failed:
+            print(f"UNEXPECTED results: see the table above and the log in {synapse.log_path}")
+        if args.keep_running:
+            keep_running(synapse, policy_url)
+        else:
+            print("Run `tox -e demo -- --keep-running` to keep both running for a Matrix client.")
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        print("\nInterrupted.")
+        return 130
+    except Exception as e:  # the reason, and Synapse's own account of it once it is up
+        print(f"\nThe demo could not run: {type(e).__name__}: {e}")
+        if synapse.process is not None and synapse.process.poll() is None:
+            print(f"Synapse log ({synapse.log_path}), last lines:\n{synapse.tail(20)}")
         return 2
-
-    print("\n" + s.table())
-    failed = [r for r in s.rows if not r[5]]
-    print(f"\n{len(s.rows) - len(failed)} of {len(s.rows)} steps as expected.")
-    if args.keep_running:
-        print(f"\nStill running. Point a Matrix client at {synapse.base_url}")
-        print(
-            "Users alice, bob, carol, mallory; password 'password' (created with the admin API)."
-        )
-        print(f"Synapse's files and log: {workdir}. Ctrl-C stops everything.")
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-    else:
-        print("Run `tox -e demo -- --keep-running` to keep Synapse up for a Matrix client.")
-    synapse.stop()
-    policy_server.stop()
-    return 1 if failed else 0
+    finally:
+        synapse.stop()
+        for server in servers:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -216,6 +216,12 @@ class SynapseServer:
 
     def register(self, localpart: str, password: str = "password", admin: bool = False) -> Client:
         """Create a user through the shared-secret admin API (works with registration off)."""
+        status, body = self.admin_register(localpart, password, admin)
+        assert status == 200, (status, body)
+        return Client(self.base_url, body["access_token"], body["user_id"])
+
+    def admin_register(self, localpart: str, password: str, admin: bool = False) -> Response:
+        """The shared-secret registration call itself: (status, body), never raising."""
         url = f"{self.base_url}/_synapse/admin/v1/register"
         _, body = request("GET", url)
         nonce = body["nonce"]
@@ -224,7 +230,7 @@ class SynapseServer:
         mac.update(b"\x00".join(p.encode() for p in (nonce, localpart, password)))
         mac.update(b"\x00" + (b"admin" if admin else b"notadmin"))
         digest = mac.hexdigest()
-        status, body = request(
+        return request(
             "POST",
             url,
             {
@@ -235,8 +241,6 @@ class SynapseServer:
                 "mac": digest,
             },
         )
-        assert status == 200, (status, body)
-        return Client(self.base_url, body["access_token"], body["user_id"])
 
     def user_id(self, localpart: str) -> str:
         return f"@{localpart}:{SERVER_NAME}"
