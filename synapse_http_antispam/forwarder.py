@@ -438,8 +438,14 @@ class Forwarder:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST %s %s", url, body[:2048].decode("utf-8", "replace"))
         for attempt in (1, 2):
+            # unbuffered: treq would otherwise keep its own copy of every body, uncapped.
             d = self._http.request(
-                "POST", url, data=_BytesProducer(body), headers=headers, allow_redirects=False
+                "POST",
+                url,
+                data=_BytesProducer(body),
+                headers=headers,
+                allow_redirects=False,
+                unbuffered=True,
             )
             reused = self._pool.reused
             try:
