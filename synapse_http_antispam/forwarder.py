@@ -37,7 +37,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 
 from synapse_http_antispam import __version__
-from synapse_http_antispam.catalogue import Kind, json_default
+from synapse_http_antispam.catalogue import CALLBACKS, Kind, json_default
 from synapse_http_antispam.config import BreakerConfig, Config
 from synapse_http_antispam.verdict import (
     ALLOW,
@@ -303,7 +303,8 @@ class Forwarder:
         agent = client.Agent(
             reactor,
             contextFactory=_policy(config.ca_file),
-            connectTimeout=max(config.timeouts.values(), default=config.timeout),
+            # The per-call deadline is the real bound; never cut a connect attempt shorter.
+            connectTimeout=max(config.timeout_for(name) for name in CALLBACKS),
             pool=self._pool,
         )
         self._http = HTTPClient(agent)
