@@ -3,10 +3,17 @@
     tox -e bench        (or: python bench/synapse_e2e.py from an env with Synapse installed)
 
 Three configurations of the same newest Synapse, booted one after another against the same
-fast antispam server: no module; this module (default config); and the published
-synapse-http-antispam 0.5.1, installed into bench/_work/ only and put first on PYTHONPATH
-(configured with the callbacks it supports that vanilla Synapse has). Prints sequential
-latency (median, p95) and concurrent throughput, with ratios to "module off".
+fast antispam server (bench/fast_server.py, a separate process): no module; this module
+(default config); and the published synapse-http-antispam 0.5.1, installed into bench/_work/
+only and put first on PYTHONPATH, since both packages use the import name
+`synapse_http_antispam` (configured with the callbacks it supports that vanilla Synapse has;
+without enabled_callbacks it stops Synapse). Every boot is checked for which module it loaded
+and that the calls reached the antispam server and were answered.
+
+Per configuration: sequential sends (one user, one room, one keep-alive connection: median and
+p95 latency) and concurrent senders (each user in its own room on its own connection, for a
+fixed time: messages per second). Configurations are measured in interleaved rounds and the
+best round of each is reported, so boot order and machine noise do not decide.
 """
 
 from __future__ import annotations
@@ -14,14 +21,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,130 +40,267 @@ from tests.support.antispam_server import free_port  # noqa: E402
 from tests.support.synapse import Client, SynapseServer  # noqa: E402
 
 WORK = ROOT / "bench" / "_work"
-UPSTREAM = WORK / "upstream-0.5.1"
+UPSTREAM_VERSION = "0.5.1"
+UPSTREAM = WORK / f"upstream-{UPSTREAM_VERSION}"
+# The callbacks 0.5.1 supports that vanilla Synapse also has.
+UPSTREAM_CALLBACKS = [
+    "check_event_for_spam",
+    "user_may_invite",
+    "user_may_join_room",
+    "user_may_create_room",
+]
+REQUEST_TIMEOUT = 30.0  # seconds, per Matrix request
+BOOT_TIMEOUT = 60.0
 
 
 def install_upstream() -> None:
-    if (UPSTREAM / "synapse_http_antispam.py").exists():
+    """synapse-http-antispam 0.5.1 (no dependencies) into its own directory, once."""
+    marker = UPSTREAM / f"synapse_http_antispam-{UPSTREAM_VERSION}.dist-info"
+    if (UPSTREAM / "synapse_http_antispam.py").exists() and marker.is_dir():
         return
     shutil.rmtree(UPSTREAM, ignore_errors=True)
     uv = shutil.which("uv")
-    command = [uv, "pip", "install"] if uv else [sys.executable, "-m", "pip", "install"]
-    command += ["--no-deps", "--target", str(UPSTREAM), "synapse-http-antispam==0.5.1"]
-    subprocess.run(command, check=True, capture_output=True)
+    # tox-uv environments have uv but no pip.
+    command = (
+        [uv, "pip", "install", "--python", sys.executable]
+        if uv
+        else [sys.executable, "-m", "pip", "install"]
+    )
+    command += [
+        "--no-deps",
+        "--target",
+        str(UPSTREAM),
+        f"synapse-http-antispam=={UPSTREAM_VERSION}",
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    assert marker.is_dir(), f"no {marker.name} in {UPSTREAM}"
+
+
+@dataclass
+class Config:
+    name: str
+    modules: list[dict[str, Any]]
+    env: dict[str, str] = field(default_factory=dict)
+    # Synapse logs "Loaded module <synapse_http_antispam.module.HTTPAntispam object ...>" for
+    # this module and "<synapse_http_antispam.HTTPAntispam object ...>" for 0.5.1 (one file).
+    loaded: Optional[str] = None
 
 
 class Sender:
     """One user sending messages to one room over one keep-alive connection."""
 
     def __init__(self, client: Client, room_id: str) -> None:
-        host, port = client.base_url.removeprefix("http://").split(":")
-        self.conn = http.client.HTTPConnection(host, int(port))
-        self.token = client.access_token
-        self.path = f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
-        self.n = 0
+        url = urllib.parse.urlsplit(client.base_url)
+        assert url.hostname == "127.0.0.1" and url.port is not None
+        self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=REQUEST_TIMEOUT)
+        self.headers = {
+            "Authorization": f"Bearer {client.access_token}",
+            "Content-Type": "application/json",
+        }
+        room = urllib.parse.quote(room_id, safe="")
+        self.path = f"/_matrix/client/v3/rooms/{room}/send/m.room.message/bench.{id(self)}."
+        self.sent = 0
 
     def send(self) -> float:
-        self.n += 1
-        body = json.dumps({"msgtype": "m.text", "body": f"message {self.n}"})
+        """One message; its latency in seconds."""
+        self.sent += 1
+        body = json.dumps({"msgtype": "m.text", "body": f"message {self.sent}"})
         start = time.perf_counter()
-        self.conn.request(
-            "PUT",
-            f"{self.path}{time.monotonic_ns()}.{self.n}",
-            body,
-            {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
+        self.conn.request("PUT", f"{self.path}{self.sent}", body, self.headers)
         response = self.conn.getresponse()
-        response.read()
+        payload = response.read()
         elapsed = time.perf_counter() - start
-        assert response.status == 200, response.status
+        if response.status != 200:
+            raise RuntimeError(f"send answered {response.status}: {payload[:200]!r}")
         return elapsed
 
+    def close(self) -> None:
+        self.conn.close()
 
-def measure(synapse: SynapseServer, sequential: int, senders: int, each: int) -> dict[str, float]:
-    clients = [synapse.register(f"user{i}") for i in range(senders)]
-    rooms = [c.create_room(name="bench")[1]["room_id"] for c in clients]
-    workers = [Sender(c, r) for c, r in zip(clients, rooms)]
-    for _ in range(50):  # warm-up
-        workers[0].send()
-    latencies = sorted(workers[0].send() for _ in range(sequential))
 
-    def run(worker: Sender) -> None:
-        for _ in range(each):
-            worker.send()
+def concurrent(senders: list[Sender], duration: float, cap: int) -> float:
+    """Every sender in its own thread for `duration` seconds (at most `cap` each): msgs/s."""
+    errors: list[BaseException] = []
+    counts = [0] * len(senders)
+    start_line = threading.Barrier(len(senders) + 1, timeout=REQUEST_TIMEOUT)
+    stop_at = [0.0]
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-    began = time.perf_counter()
+    def run(i: int) -> None:
+        try:
+            start_line.wait()
+            while counts[i] < cap and time.perf_counter() < stop_at[0] and not errors:
+                senders[i].send()
+                counts[i] += 1
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(senders))]
     for t in threads:
         t.start()
+    began = time.perf_counter()
+    stop_at[0] = began + duration
+    start_line.wait()
     for t in threads:
-        t.join()
-    rate = senders * each / (time.perf_counter() - began)
-    return {
+        t.join(duration + REQUEST_TIMEOUT + 5)
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise RuntimeError(f"a concurrent sender failed: {errors[0]!r}") from errors[0]
+    if any(t.is_alive() for t in threads):
+        raise RuntimeError("a concurrent sender did not finish in time")
+    return sum(counts) / elapsed
+
+
+def measure(synapse: SynapseServer, args: argparse.Namespace) -> tuple[dict[str, float], int]:
+    """(figures, messages sent) for one booted Synapse."""
+    clients = [synapse.register(f"user{i}") for i in range(args.senders)]
+    rooms = []
+    for c in clients:
+        status, body = c.create_room(name="bench")
+        assert status == 200, (status, body)
+        rooms.append(body["room_id"])
+    senders = [Sender(c, r) for c, r in zip(clients, rooms)]
+    try:
+        for sender in senders:  # warm-up: connections, caches, the JIT-less first paths
+            for _ in range(args.warmup if sender is senders[0] else 5):
+                sender.send()
+        latencies = [senders[0].send() for _ in range(args.sequential)]
+        rate = concurrent(senders, args.duration, args.cap)
+        sent = sum(s.sent for s in senders)
+    finally:
+        for sender in senders:
+            sender.close()
+    cuts = statistics.quantiles(latencies, n=20, method="inclusive")
+    figures = {
         "median_ms": statistics.median(latencies) * 1000,
-        "p95_ms": latencies[int(len(latencies) * 0.95) - 1] * 1000,
+        "p95_ms": cuts[-1] * 1000,
         "msgs_per_s": rate,
     }
+    return figures, sent
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
+    total = 0.0
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*?)\}})? (\S+)$", re.MULTILINE)
+    for match in pattern.finditer(text):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match[2])
+    return total
+
+
+def verify(config: Config, synapse: SynapseServer, sent: int) -> str:
+    """Check which module this Synapse ran and that it asked the antispam server every time."""
+    log = synapse.log_text()
+    loaded = re.findall(r"Loaded module <([\w.]+) object", log)
+    text = synapse.metrics()
+    ours = metric(
+        text,
+        "synapse_http_antispam_decisions_total",
+        callback="check_event_for_spam",
+        outcome="allowed",
+    )
+    ours_failed = metric(text, "synapse_http_antispam_failures_total")
+    # 0.5.1 posts with Synapse's own HTTP client, which counts its responses; this module
+    # uses its own client, and nothing else in this Synapse makes outgoing POSTs.
+    synapse_client = metric(text, "synapse_http_client_responses_total", method="POST")
+    synapse_ok = metric(text, "synapse_http_client_responses_total", method="POST", code="200")
+    if config.loaded is None:
+        ok = not loaded and ours == 0 and synapse_client == 0
+        seen = "no module"
+    elif config.loaded.endswith(".module.HTTPAntispam"):
+        ok = loaded == [config.loaded] and ours >= sent and ours_failed == 0
+        ok = ok and synapse_client == 0
+        seen = f"{loaded[0]}, {ours:.0f} check_event_for_spam allowed by the antispam server"
+    else:
+        ok = loaded == [config.loaded] and synapse_ok >= sent and synapse_client == synapse_ok
+        ok = ok and ours == 0
+        seen = f"{loaded[0]}, {synapse_ok:.0f} POSTs answered 200 via Synapse's HTTP client"
+    if not ok:
+        raise RuntimeError(
+            f"{config.name}: expected {config.loaded or 'no module'} forwarding {sent} messages;"
+            f" loaded {loaded}, module decisions {ours}, failures {ours_failed}, Synapse client"
+            f" POSTs {synapse_client} ({synapse_ok} answered 200)"
+        )
+    return seen
+
+
+def start_fast_server() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fast_server.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fast_server.py exited with {process.returncode}")
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("fast_server.py did not listen within 20 s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sequential", type=int, default=300)
-    parser.add_argument("--senders", type=int, default=8)
-    parser.add_argument("--each", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sequential", type=int, default=300, help="sequential sends")
+    parser.add_argument("--warmup", type=int, default=50, help="sends before the sequential ones")
+    parser.add_argument("--senders", type=int, default=8, help="concurrent senders")
+    parser.add_argument("--duration", type=float, default=5.0, help="concurrent phase, seconds")
+    parser.add_argument("--cap", type=int, default=5000, help="at most this many per sender")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
     args = parser.parse_args()
+    assert args.sequential >= 20 and args.senders >= 1 and 0 < args.duration <= 60
+    assert 1 <= args.rounds <= 10
     install_upstream()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fast_server.py"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-    )
-    assert server.stdout is not None
-    server.stdout.readline()
-    url = f"http://127.0.0.1:{port}"
-    upstream_callbacks = [
-        "check_event_for_spam",
-        "user_may_invite",
-        "user_may_join_room",
-        "user_may_create_room",
-    ]
-    configs: dict[str, tuple[list[dict[str, Any]], dict[str, str], str]] = {
-        "module off": ([], {}, ""),
-        "this module": (
+    server, url = start_fast_server()
+    configs = [
+        Config("module off", []),
+        Config(
+            "this module",
             [{"module": "synapse_http_antispam.HTTPAntispam", "config": {"base_url": url}}],
-            {},
-            "synapse_http_antispam.module.HTTPAntispam",
+            loaded="synapse_http_antispam.module.HTTPAntispam",
         ),
-        "0.5.1": (
+        Config(
+            f"{UPSTREAM_VERSION} (PyPI)",
             [
                 {
                     "module": "synapse_http_antispam.HTTPAntispam",
-                    "config": {"base_url": url, "enabled_callbacks": upstream_callbacks},
+                    "config": {"base_url": url, "enabled_callbacks": UPSTREAM_CALLBACKS},
                 }
             ],
-            {"PYTHONPATH": str(UPSTREAM)},
-            "<synapse_http_antispam.HTTPAntispam object",
+            env={"PYTHONPATH": str(UPSTREAM)},
+            loaded="synapse_http_antispam.HTTPAntispam",
         ),
-    }
-    # Interleaved rounds, best round per configuration: boot order and machine noise must not
-    # decide the comparison.
-    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+    ]
+    rounds: dict[str, list[dict[str, float]]] = {c.name: [] for c in configs}
+    version = ""
     try:
-        for round_number in range(args.rounds):
-            for name, (modules, env, loaded) in configs.items():
-                workdir = WORK / name.replace(" ", "-").replace(".", "_")
+        for round_number in range(1, args.rounds + 1):
+            for config in configs:
+                workdir = WORK / re.sub(r"[^\w]+", "-", config.name).strip("-")
                 shutil.rmtree(workdir, ignore_errors=True)
-                synapse = SynapseServer(workdir, modules=modules, env=env).start()
+                synapse = SynapseServer(workdir, modules=config.modules, env=config.env)
+                synapse.start(BOOT_TIMEOUT)
                 try:
-                    if loaded:
-                        assert loaded in synapse.log_text(), f"{name}: wrong module loaded"
-                    rounds[name].append(measure(synapse, args.sequential, args.senders, args.each))
+                    figures, sent = measure(synapse, args)
+                    seen = verify(config, synapse, sent)
                 finally:
                     synapse.stop()
-                print(f"round {round_number + 1}: measured {name}", flush=True)
+                version = ".".join(map(str, synapse.version))
+                rounds[config.name].append(figures)
+                print(
+                    f"round {round_number} {config.name:<13} median {figures['median_ms']:5.2f}"
+                    f" ms, p95 {figures['p95_ms']:5.2f} ms, {figures['msgs_per_s']:4.0f} msgs/s"
+                    f" ({seen})",
+                    flush=True,
+                )
     finally:
         server.terminate()
+        server.wait(10)
     results = {
         name: {
             "median_ms": min(r["median_ms"] for r in runs),
@@ -164,17 +311,20 @@ def main() -> None:
     }
     off = results["module off"]
     print(
-        f"\nSynapse {'.'.join(map(str, synapse.version))}; {args.sequential} sequential sends; "
-        f"{args.senders} concurrent senders x {args.each} messages; best of {args.rounds} "
-        "interleaved rounds\n"
+        f"\nSynapse {version}, Python {sys.version.split()[0]}; {args.sequential} sequential "
+        f"sends (after {args.warmup} warm-up); {args.senders} concurrent senders for "
+        f"{args.duration:g} s; best of {args.rounds} interleaved rounds\n"
     )
-    print(f"{'config':<12} | {'median ms':>9} | {'p95 ms':>7} | {'msgs/s':>7} | vs off")
-    print("-" * 66)
+    header = f"{'config':<13} | {'median ms':>9} | {'p95 ms':>7} | {'msgs/s':>6} | vs module off"
+    print(header)
+    print("-" * (len(header) + 40))
     for name, r in results.items():
         added = r["median_ms"] - off["median_ms"]
         print(
-            f"{name:<12} | {r['median_ms']:>9.2f} | {r['p95_ms']:>7.2f} | {r['msgs_per_s']:>7.0f}"
-            f" | median {added:+.2f} ms, throughput x{r['msgs_per_s'] / off['msgs_per_s']:.2f}"
+            f"{name:<13} | {r['median_ms']:>9.2f} | {r['p95_ms']:>7.2f} | {r['msgs_per_s']:>6.0f}"
+            f" | median x{r['median_ms'] / off['median_ms']:.2f} ({added:+.2f} ms/message),"
+            f" p95 x{r['p95_ms'] / off['p95_ms']:.2f},"
+            f" throughput x{r['msgs_per_s'] / off['msgs_per_s']:.2f}"
         )
 
 
