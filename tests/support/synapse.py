@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tests.support.antispam_server import free_port
 
@@ -164,23 +164,12 @@ class SynapseServer:
         return self.process
 
     def start(self, timeout: float = 60.0) -> SynapseServer:
-        self._spawn()
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"Synapse exited with {self.process.returncode}:\n{self.tail()}"
-                )
-            try:
-                status, _ = request("GET", f"{self.base_url}/_matrix/client/versions", timeout=1)
-                if status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Synapse did not start within {timeout}s:\n{self.tail()}")
+        try:
+            wait_until_serving(self._spawn(), self.base_url, timeout, self.tail)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         """For configs that must stop Synapse: its exit code (after the startup error)."""
@@ -191,14 +180,7 @@ class SynapseServer:
             self.stop()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def __enter__(self) -> SynapseServer:
         return self.start()
@@ -246,8 +228,41 @@ class SynapseServer:
         return f"@{localpart}:{SERVER_NAME}"
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/_synapse/metrics") as r:
-            return str(r.read().decode())
+        return scrape_metrics(self.metrics_port)
+
+
+def wait_until_serving(
+    process: subprocess.Popen[bytes], base_url: str, timeout: float, log: Callable[[], str]
+) -> None:
+    """Wait for a Synapse process (main or worker) to answer /versions; its log if it fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Synapse exited with {process.returncode}:\n{log()}")
+        try:
+            if request("GET", f"{base_url}/_matrix/client/versions", timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"Synapse did not start within {timeout}s:\n{log()}")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after 20 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def scrape_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_synapse/metrics") as response:
+        return str(response.read().decode())
 
 
 def request(

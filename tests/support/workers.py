@@ -13,12 +13,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.support.antispam_server import free_port
-from tests.support.synapse import LOG_CONFIG, SynapseServer, request
+from tests.support.synapse import (
+    LOG_CONFIG,
+    SynapseServer,
+    scrape_metrics,
+    stop_process,
+    wait_until_serving,
+)
 
 
 def ensure_packages() -> None:
@@ -193,31 +198,24 @@ class Worker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{self.log_text()[-3000:]}")
-            try:
-                if request("GET", f"{self.base_url}/_matrix/client/versions", timeout=1)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not start:\n{self.log_text()[-3000:]}")
+        try:
+            wait_until_serving(
+                self.process, self.base_url, timeout, lambda: self.log_text()[-3000:]
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
+        stop_process(self.process)
 
     def log_text(self) -> str:
         parts = [self.log_path, self.workdir / "stdout.log"]
         return "".join(p.read_text(errors="replace") for p in parts if p.exists())
 
     def metrics(self) -> str:
-        return str(
-            request("GET", f"http://127.0.0.1:{self.metrics_port}/_synapse/metrics")[1]["_raw"]
-        )
+        return scrape_metrics(self.metrics_port)
 
 
 def main_process(
