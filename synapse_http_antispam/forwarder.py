@@ -58,14 +58,14 @@ _SERVER_AUTH_STATUSES = frozenset({401, 407})
 class Observer(Protocol):
     """Where outcomes go besides the log (Prometheus metrics in production)."""
 
-    def decided(self, callback: str, verdict: Verdict, seconds: float) -> None: ...
+    def decided(self, callback: str, verdict: Verdict) -> None: ...
     def in_flight(self, delta: int) -> None: ...
     def breaker_open(self, is_open: bool) -> None: ...
     def background_dropped(self, callback: str) -> None: ...
 
 
 class NullObserver:
-    def decided(self, callback: str, verdict: Verdict, seconds: float) -> None:
+    def decided(self, callback: str, verdict: Verdict) -> None:
         pass
 
     def in_flight(self, delta: int) -> None:
@@ -356,7 +356,7 @@ class Forwarder:
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
         seconds = self._reactor.seconds() - start
         verdict = attrs.evolve(verdict, request_id=request_id, http_status=status, seconds=seconds)
-        self._observer.decided(name, verdict, seconds)
+        self._observer.decided(name, verdict)
         if report:
             self.report(name, verdict)
         return verdict

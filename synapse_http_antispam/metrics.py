@@ -58,13 +58,13 @@ class PrometheusObserver:
     def __init__(self) -> None:
         self._m = _create()
 
-    def decided(self, callback: str, verdict: Verdict, seconds: float) -> None:
+    def decided(self, callback: str, verdict: Verdict) -> None:
         if self._m is None:
             return
         self._m["decisions"].labels(callback, verdict.outcome.value).inc()
         if verdict.failure is not None:
             self._m["failures"].labels(callback, verdict.failure.value).inc()
-        self._m["duration"].labels(callback).observe(seconds)
+        self._m["duration"].labels(callback).observe(verdict.seconds)
 
     def in_flight(self, delta: int) -> None:
         if self._m is not None:
