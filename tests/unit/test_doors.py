@@ -6,7 +6,6 @@ Synapse); HTTP is real, against the local antispam server.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import CALLBACKS
 from synapse_http_antispam.synapse_compat import registrable_callbacks, sniff
 from tests.support.antispam_server import AntispamServer, Behaviour, reject
+from tests.support.module_api import FakeModuleApi
 from tests.support.synapse import real_spam_checker_keywords
 
 synapse = pytest.importorskip("synapse")
@@ -85,21 +85,9 @@ ARGS: dict[str, tuple[Any, ...]] = {
 }
 
 
-class FakeApi:
-    worker_name = None
-
-    def __init__(self) -> None:
-        self.registered: dict[str, Any] = {}
-        known = real_spam_checker_keywords() or []
-        params = [
-            inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in known
-        ]
-
-        def register(**kwargs: Any) -> None:
-            self.registered.update({k: v for k, v in kwargs.items() if v is not None})
-
-        register.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        self.register_spam_checker_callbacks = register
+def installed_api() -> FakeModuleApi:
+    """A ModuleApi fake taking exactly the keywords of the installed Synapse."""
+    return FakeModuleApi(tuple(real_spam_checker_keywords() or ()))
 
 
 @pytest.fixture
@@ -110,7 +98,7 @@ def server() -> Iterator[AntispamServer]:
 
 @modern_only
 def test_fake_api_matches_this_synapse() -> None:
-    assert "check_event_for_spam" in registrable_callbacks(FakeApi())
+    assert "check_event_for_spam" in registrable_callbacks(installed_api())
 
 
 def is_allow(name: str, value: Any) -> bool:
@@ -133,7 +121,7 @@ def is_allow(name: str, value: Any) -> bool:
 async def test_modern_door_every_registered_callback_allows_and_rejects(
     server: AntispamServer,
 ) -> None:
-    api = FakeApi()
+    api = installed_api()
     HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
     assert api.registered
     for name, callback in api.registered.items():
@@ -149,7 +137,7 @@ async def test_modern_door_every_registered_callback_allows_and_rejects(
 @modern_only
 @pytest_twisted.ensureDeferred
 async def test_payloads_match_the_wire_format(server: AntispamServer) -> None:
-    api = FakeApi()
+    api = installed_api()
     HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
     for name, callback in api.registered.items():
         await callback(*ARGS[name])
@@ -184,7 +172,7 @@ async def test_payloads_match_the_wire_format(server: AntispamServer) -> None:
 async def test_async_callbacks_answer_at_once_and_check_in_background(
     server: AntispamServer,
 ) -> None:
-    api = FakeApi()
+    api = installed_api()
     config = {"base_url": server.base_url, "async": {"user_may_invite": True}}
     HTTPAntispam(HTTPAntispam.parse_config(config), api)
     server.set(None, reject())
@@ -200,7 +188,7 @@ async def test_async_callbacks_answer_at_once_and_check_in_background(
 @modern_only
 @pytest_twisted.ensureDeferred
 async def test_shadow_ban_answer(server: AntispamServer) -> None:
-    api = FakeApi()
+    api = installed_api()
     HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
     server.set("check_registration_for_spam", Behaviour(body={"shadow_ban": True}))
     value = await api.registered["check_registration_for_spam"](

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
+from tests.support.module_api import FakeModuleApi
 
 BASE_1_37 = (
     "check_event_for_spam",
@@ -47,22 +48,6 @@ ERA_KEYWORDS["1.87"] = (*ERA_KEYWORDS["1.60"], "check_login_for_spam")
 ERA_KEYWORDS["1.132"] = (*ERA_KEYWORDS["1.87"], "user_may_send_state_event")
 ERA_KEYWORDS["1.134"] = (*ERA_KEYWORDS["1.132"], "federated_user_may_invite")
 ERA_KEYWORDS["fork"] = (*ERA_KEYWORDS["1.134"], "accept_make_join")
-
-
-class FakeModuleApi:
-    def __init__(self, keywords: tuple[str, ...], keyword_only: bool = True) -> None:
-        self.registered: dict[str, Callable[..., Any]] = {}
-        star = "*, " if keyword_only else ""
-        params = ", ".join(f"{k}=None" for k in keywords)
-        namespace: dict[str, Any] = {}
-        exec(f"def register({star}{params}):\n    return locals()", namespace)
-        inner = namespace["register"]
-
-        def register(**kwargs: Any) -> None:
-            self.registered.update({k: v for k, v in inner(**kwargs).items() if v is not None})
-
-        register.__signature__ = inspect.signature(inner)  # type: ignore[attr-defined]
-        self.register_spam_checker_callbacks = register
 
 
 def config(**extra: Any) -> dict[str, Any]:
