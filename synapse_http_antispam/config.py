@@ -28,10 +28,18 @@ MAX_TIMEOUT = 300.0
 
 @attrs.frozen
 class BreakerConfig:
-    # Consecutive failures that open the breaker; 0 turns the breaker off.
+    """When to stop waiting on an antispam server that cannot be reached, and how to notice
+    that it is back. Only connection-level failures count: an HTTP answer of any kind proves
+    the server is up, whatever it says about one endpoint."""
+
+    # The breaker opens when, within the last `window` seconds, at least `failure_threshold`
+    # calls could not reach the server and they were at least `failure_rate` of all calls.
+    # A threshold of 0 turns the breaker off.
     failure_threshold: int = 5
-    cooldown: float = 10.0
-    max_cooldown: float = 300.0
+    failure_rate: float = 0.8
+    window: float = 10.0
+    # While open, a background probe every `probe_interval` seconds; the first answer closes it.
+    probe_interval: float = 1.0
 
 
 @attrs.frozen
@@ -87,7 +95,7 @@ KEYS = (
     "ca_file",
     "media_content_max_bytes",
 )
-BREAKER_KEYS = ("failure_threshold", "cooldown", "max_cooldown")
+BREAKER_KEYS = ("failure_threshold", "failure_rate", "window", "probe_interval")
 
 
 def _fail(key: str, problem: str) -> ConfigError:
@@ -171,7 +179,8 @@ def _base_url(raw: Any) -> str:
 def _token(raw: Mapping[str, Any]) -> str | None:
     inline = raw.get("authorization")
     if inline is not None:
-        token = _typed("authorization", inline, str, "a string").strip()
+        # Sent byte for byte as written, as 0.5.x did: servers compare it exactly.
+        token = _typed("authorization", inline, str, "a string")
     elif raw.get("authorization_path") is not None:
         path = _typed("authorization_path", raw["authorization_path"], str, "a file path")
         try:
@@ -205,17 +214,24 @@ def _breaker(raw: Any) -> BreakerConfig:
         raise _fail("circuit_breaker", f"expected a mapping, got {raw!r}")
     _check_keys(raw, BREAKER_KEYS, "circuit_breaker.")
     default = BreakerConfig()
-    threshold = _count(
-        "circuit_breaker.failure_threshold",
-        raw.get("failure_threshold", default.failure_threshold),
-        0,
+    rate = raw.get("failure_rate", default.failure_rate)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise _fail(
+            "circuit_breaker.failure_rate",
+            f"expected a number above 0 and at most 1, got {rate!r}",
+        )
+    return BreakerConfig(
+        failure_threshold=_count(
+            "circuit_breaker.failure_threshold",
+            raw.get("failure_threshold", default.failure_threshold),
+            0,
+        ),
+        failure_rate=float(rate),
+        window=_seconds("circuit_breaker.window", raw.get("window", default.window)),
+        probe_interval=_seconds(
+            "circuit_breaker.probe_interval", raw.get("probe_interval", default.probe_interval)
+        ),
     )
-    cooldown = _seconds("circuit_breaker.cooldown", raw.get("cooldown", default.cooldown))
-    ceiling = raw.get("max_cooldown", max(default.max_cooldown, cooldown))
-    max_cooldown = _seconds("circuit_breaker.max_cooldown", ceiling)
-    if max_cooldown < cooldown:
-        raise _fail("circuit_breaker.max_cooldown", "must not be less than cooldown")
-    return BreakerConfig(threshold, cooldown, max_cooldown)
 
 
 def _ca_file(raw: Any) -> str | None:

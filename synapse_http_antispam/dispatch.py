@@ -45,6 +45,9 @@ class Dispatcher:
         name = spec.name
         if not self.config.is_enabled(name):
             return ALLOW
+        if self.forwarder.known_unimplemented(name):
+            # Not even built: the media check would read the whole file for nothing.
+            return self.forwarder.skip_unimplemented(name)
         try:
             payload = spec.build(args, self._options)
             if inspect.isawaitable(payload):

@@ -6,7 +6,10 @@ benchmarked against a real local HTTP server without booting a homeserver. Its p
 * one deadline per call covers waiting for a slot, connecting, headers and body;
 * the response body is read through a size cap; the request body is capped before sending;
 * at most `max_concurrency` requests in flight and `max_pending` waiting, then fail fast;
-* a circuit breaker stops waiting on a dead server and probes it again with backoff;
+* a circuit breaker stops waiting on a server that does not answer, and a background probe
+  notices within seconds when it is back;
+* a callback the server has no endpoint for (a framework's 404) is allowed and not sent for a
+  while;
 * a pooled connection the server closed is retried once, before any response byte; nothing
   else is retried and redirects are not followed (the bearer token stays with its host);
 * it never raises: every problem becomes a failure verdict under the callback's policy.
@@ -18,9 +21,11 @@ import json
 import logging
 import os
 import random
+import string
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Coroutine, Mapping
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from zope.interface import implementer
@@ -42,6 +47,7 @@ from synapse_http_antispam.config import BreakerConfig, Config
 from synapse_http_antispam.verdict import (
     ALLOW,
     BACKGROUND,
+    NOT_IMPLEMENTED,
     Failure,
     Outcome,
     Verdict,
@@ -53,6 +59,12 @@ logger = logging.getLogger(__name__)
 
 # 401 and 407 are the antispam server's own authentication trouble, never the user's fault.
 _SERVER_AUTH_STATUSES = frozenset({401, 407})
+# Ping outcomes that mean no HTTP answer came back.
+_NO_ANSWER = frozenset(
+    f.value for f in (Failure.CONNECT, Failure.TIMEOUT, Failure.OVERLOADED, Failure.INTERNAL)
+)
+# What web frameworks answer for a route they do not have.
+_NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 
 
 class Observer(Protocol):
@@ -60,7 +72,8 @@ class Observer(Protocol):
 
     def decided(self, callback: str, verdict: Verdict) -> None: ...
     def in_flight(self, delta: int) -> None: ...
-    def breaker_open(self, is_open: bool) -> None: ...
+    def breaker_changed(self, is_open: bool, why: str) -> None: ...
+    def breaker_probed(self, answered: bool) -> None: ...
     def background_dropped(self, callback: str) -> None: ...
 
 
@@ -71,7 +84,10 @@ class NullObserver:
     def in_flight(self, delta: int) -> None:
         pass
 
-    def breaker_open(self, is_open: bool) -> None:
+    def breaker_changed(self, is_open: bool, why: str) -> None:
+        pass
+
+    def breaker_probed(self, answered: bool) -> None:
         pass
 
     def background_dropped(self, callback: str) -> None:
@@ -218,57 +234,159 @@ class Limiter:
 
 
 class Breaker:
-    """Opens after N consecutive failures; lets one probe through per cool-down, doubling it."""
+    """Stops waiting on an antispam server that cannot be reached, and notices when it is back.
 
-    def __init__(self, config: BreakerConfig, clock: IReactorTime, observer: Observer) -> None:
+    What it counts: only calls that never got an HTTP answer (refused or dropped connections,
+    deadlines passing). Any HTTP answer, even a 500 from one broken handler, proves the server
+    is up and costs the user no waiting, so it counts as reachable; one bad endpoint cannot take
+    the others down with it.
+
+    When it opens: a failure rate over a sliding window, not a run of consecutive failures, so
+    a server that answers half the calls keeps getting them. Once open, calls fail at once
+    under their failure policy and no user's action is spent on finding out whether the server
+    is back: a background probe (`probe`) asks every `probe_interval` seconds and the first
+    answer closes the breaker.
+    """
+
+    _BUCKETS = 10
+    # While open, repeat the "still open" warning this often, so the log shows an outage's end.
+    REMIND_EVERY = 60.0
+
+    def __init__(
+        self,
+        config: BreakerConfig,
+        clock: IReactorTime,
+        observer: Observer,
+        probe: Callable[[], Awaitable[bool]] | None = None,
+        describe: str = "the antispam server",
+    ) -> None:
         self._config = config
         self._clock = clock
         self._observer = observer
-        self._failures = 0
-        self._cooldown = config.cooldown
-        self._open_until: float | None = None
-        self._probing = False
+        self._probe = probe
+        self._describe = describe
+        self._width = config.window / self._BUCKETS
+        # Ring of [bucket index, calls, unreachable] for the sliding window.
+        self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(self._BUCKETS)]
+        self._opened_at: float | None = None
+        self._last_reason: str | None = None
+        self._probe_call: IDelayedCall | None = None
+        self._probes_failed = 0
+        self._reminded_at = 0.0
+        self._stopped = False
 
     @property
     def is_open(self) -> bool:
-        return self._open_until is not None
+        return self._opened_at is not None
 
     def allow(self) -> bool:
-        if self._open_until is None:
-            return True
-        if self._probing or self._clock.seconds() < self._open_until:
-            return False
-        self._probing = True  # half-open: this caller is the probe
-        return True
+        return self._opened_at is None
 
-    def abandon(self) -> None:
-        """The call ended without telling anything about the server; free the probe slot."""
-        self._probing = False
+    def _bucket(self) -> list[int]:
+        index = int(self._clock.seconds() // self._width)
+        bucket = self._buckets[index % self._BUCKETS]
+        if bucket[0] != index:
+            bucket[:] = [index, 0, 0]
+        return bucket
 
-    def success(self) -> None:
-        self._failures = 0
-        self._probing = False
-        if self._open_until is not None:
-            self._open_until = None
-            self._cooldown = self._config.cooldown
-            logger.warning("Antispam server answered again; circuit breaker closed")
-            self._observer.breaker_open(False)
+    def window_counts(self) -> tuple[int, int]:
+        """(calls, unreachable) within the window."""
+        oldest = int(self._clock.seconds() // self._width) - self._BUCKETS + 1
+        live = [b for b in self._buckets if b[0] >= oldest]
+        return sum(b[1] for b in live), sum(b[2] for b in live)
 
-    def failure(self) -> None:
-        self._failures += 1
+    def reachable(self) -> None:
+        """A call got an HTTP answer (of any kind)."""
+        self._bucket()[1] += 1
+        if self._opened_at is not None:
+            self._close("answered")
+
+    def unreachable(self, reason: str) -> None:
+        """A call got no HTTP answer: connection refused or dropped, or the deadline passed."""
+        bucket = self._bucket()
+        bucket[1] += 1
+        bucket[2] += 1
+        self._last_reason = reason
         threshold = self._config.failure_threshold
-        if self._probing:
-            self._probing = False
-            self._cooldown = min(self._cooldown * 2, self._config.max_cooldown)
-        elif not threshold or self._failures < threshold or self._open_until is not None:
+        if not threshold or self._opened_at is not None:
             return
-        self._open_until = self._clock.seconds() + self._cooldown
+        calls, failed = self.window_counts()
+        if failed >= threshold and failed >= self._config.failure_rate * calls:
+            self._open(calls, failed)
+
+    def _open(self, calls: int, failed: int) -> None:
+        now = self._clock.seconds()
+        self._opened_at = self._reminded_at = now
+        self._probes_failed = 0
         logger.warning(
-            "Antispam server failed %d times in a row; circuit breaker open, next probe in %gs",
-            self._failures,
-            self._cooldown,
+            "Circuit breaker open: %d of %d calls to %s in the last %gs got no answer "
+            "(last: %s); calls now fail at once under their failure policy, and %s is "
+            "probed every %gs in the background",
+            failed,
+            calls,
+            self._describe,
+            self._config.window,
+            self._last_reason,
+            self._describe,
+            self._config.probe_interval,
         )
-        self._observer.breaker_open(True)
+        self._observer.breaker_changed(True, self._last_reason or "unreachable")
+        self._schedule_probe()
+
+    def _close(self, why: str) -> None:
+        assert self._opened_at is not None
+        seconds = self._clock.seconds() - self._opened_at
+        self._opened_at = None
+        for bucket in self._buckets:  # start afresh: old failures must not reopen it
+            bucket[:] = [-1, 0, 0]
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
+        self._probe_call = None
+        logger.warning(
+            "Circuit breaker closed: %s %s again after %.1fs open; calls are forwarded again",
+            self._describe,
+            why,
+            seconds,
+        )
+        self._observer.breaker_changed(False, why)
+
+    def _schedule_probe(self) -> None:
+        if self._probe is None or self._stopped or self._opened_at is None:
+            return
+        self._probe_call = self._clock.callLater(
+            self._config.probe_interval, lambda: defer.ensureDeferred(self._run_probe())
+        )
+
+    async def _run_probe(self) -> None:
+        assert self._probe is not None
+        self._probe_call = None
+        try:
+            answered = await self._probe()
+        except Exception:  # pragma: no cover - defensive: the probe loop must go on
+            logger.exception("Circuit breaker probe failed inside the module")
+            answered = False
+        self._observer.breaker_probed(answered)
+        if self._opened_at is None:
+            return  # a real call closed it meanwhile
+        if answered:  # pragma: no cover - the answered probe's own exchange closed it
+            self._close("answered a probe")
+            return
+        self._probes_failed += 1
+        now = self._clock.seconds()
+        if now - self._reminded_at >= self.REMIND_EVERY:
+            self._reminded_at = now
+            logger.warning(
+                "Circuit breaker still open after %.0fs: %s has not answered %d probes",
+                now - self._opened_at,
+                self._describe,
+                self._probes_failed,
+            )
+        self._schedule_probe()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
 
 
 def _policy(ca_file: str | None) -> Any:
@@ -280,7 +398,39 @@ def _policy(ca_file: str | None) -> Any:
         return client.BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(f.read()))
 
 
+@attrs.frozen
+class PingResult:
+    """What one `ping` told: `ok`, `not_implemented`, `unexpected_answer`, or a Failure value."""
+
+    outcome: str
+    ping_id: str
+    http_status: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def reachable(self) -> bool:
+        """The server answered over HTTP (whatever it said about the ping itself)."""
+        return self.outcome not in _NO_ANSWER
+
+
+def _public_url(url: str) -> str:
+    """The base URL as it may appear in logs: without any user:password part."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class Forwarder:
+    # How long a callback the antispam server has no endpoint for is not sent, before one more
+    # try (so that a server upgrade is picked up without restarting Synapse).
+    UNIMPLEMENTED_RECHECK = 600.0
+    # The breaker's background probe gets at most this long (or `timeout` if shorter).
+    PROBE_TIMEOUT = 2.0
+
     def __init__(
         self,
         config: Config,
@@ -310,14 +460,21 @@ class Forwarder:
         self._http = HTTPClient(agent)
         headers = {
             "Content-Type": ["application/json"],
+            "Accept": ["application/json"],
             "User-Agent": [user_agent],
             "X-Synapse-Instance": [instance],
         }
         if config.token:
             headers["Authorization"] = [f"Bearer {config.token}"]
         self._headers = headers
+        self.url = _public_url(config.base_url)
         self._limiter = Limiter(config.max_concurrency, config.max_pending)
-        self.breaker = Breaker(config.breaker, reactor, self._observer)
+        self.breaker = Breaker(
+            config.breaker, reactor, self._observer, probe=self._probe, describe=self.url
+        )
+        # callback -> time until which it is not sent (the server has no endpoint for it).
+        self._unimplemented: dict[str, float] = {}
+        self._warned_unimplemented: set[str] = set()
         self._background = 0
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
@@ -332,6 +489,40 @@ class Forwarder:
     def limiter(self) -> Limiter:
         return self._limiter
 
+    def _next_request_id(self) -> str:
+        self._request_count += 1
+        return f"{self._request_prefix}-{self._request_count}"
+
+    # ---- callbacks the server has no endpoint for --------------------------------------
+
+    def known_unimplemented(self, name: str) -> bool:
+        """Whether `name` is, for now, known to have no endpoint on the antispam server."""
+        until = self._unimplemented.get(name)
+        return until is not None and self._reactor.seconds() < until
+
+    def skip_unimplemented(self, name: str) -> Verdict:
+        """The verdict for a call not sent because the server has no endpoint for it."""
+        self._observer.decided(name, NOT_IMPLEMENTED)
+        return NOT_IMPLEMENTED
+
+    def _note_answer(self, name: str, verdict: Verdict, status: int) -> None:
+        if verdict.outcome is Outcome.NOT_IMPLEMENTED:
+            self._unimplemented[name] = self._reactor.seconds() + self.UNIMPLEMENTED_RECHECK
+            if name in self._warned_unimplemented:
+                return
+            self._warned_unimplemented.add(name)
+            logger.warning(
+                "The antispam server at %s has no endpoint for %s (HTTP %d): allowing it, and "
+                "not sending it for %gs before asking again. To stop sending it, leave it out "
+                "of enabled_callbacks.",
+                self.url,
+                name,
+                status,
+                self.UNIMPLEMENTED_RECHECK,
+            )
+        elif self._unimplemented.pop(name, None) is not None:
+            logger.info("The antispam server at %s now answers %s", self.url, name)
+
     # ---- the decision path --------------------------------------------------------------
 
     async def check(
@@ -342,12 +533,13 @@ class Forwarder:
         With report=False the caller logs the outcome through `report`, from its own log
         context, so that Synapse's log line carries the request it belongs to.
         """
+        if self.known_unimplemented(name):
+            return self.skip_unimplemented(name)
         start = self._reactor.seconds()
-        self._request_count += 1
-        request_id = f"{self._request_prefix}-{self._request_count}"
+        request_id = self._next_request_id()
         status: int | None = None
         try:
-            verdict = await self._check(name, kind, payload, request_id)
+            verdict, status = await self._check(name, kind, payload, request_id)
         except _Fail as e:
             status = e.status
             verdict = failed(e.failure, self._config.fails_open(name))
@@ -381,37 +573,56 @@ class Forwarder:
 
     async def _check(
         self, name: str, kind: Kind, payload: Mapping[str, Any], request_id: str
-    ) -> Verdict:
+    ) -> tuple[Verdict, int]:
         body = encode(payload)
         if len(body) > self._config.max_request_bytes:
             raise _Fail(Failure.REQUEST_TOO_LARGE)
         if not self.breaker.allow():
             raise _Fail(Failure.BREAKER_OPEN)
-        try:
-            status, content = await self._with_deadline(name, body, request_id)
-            verdict = _classify(kind, status, content)
-        except _Fail as e:
-            # A full queue says nothing about the server's health.
-            if e.failure is Failure.OVERLOADED:
-                self.breaker.abandon()
-            else:
-                self.breaker.failure()
-            raise
-        except BaseException:
-            self.breaker.abandon()
-            raise
-        self.breaker.success()
-        return verdict
+        status, content = await self._send(name, body, request_id)
+        verdict = _classify(kind, status, content)
+        self._note_answer(name, verdict, status)
+        return verdict, status
 
-    async def _with_deadline(self, name: str, body: bytes, request_id: str) -> tuple[int, bytes]:
-        d = defer.ensureDeferred(self._limited(name, body, request_id))
+    async def _send(
+        self, name: str, body: bytes, request_id: str, *, limit: bool = True, timeout: float = 0
+    ) -> tuple[int, bytes]:
+        """One exchange within its deadline, telling the breaker whether the server answered.
+
+        limit=False bypasses the concurrency limiter (the breaker's probe must get through
+        while every slot hangs on a dead server).
+        """
+        exchange = (
+            self._limited(name, body, request_id)
+            if limit
+            else self._exchange(name, body, request_id)
+        )
+        try:
+            status, content = await self._with_deadline(
+                exchange, timeout or self._config.timeout_for(name)
+            )
+        except _Fail as e:
+            # Only a missing HTTP answer says something about the server itself; a full queue
+            # or an oversized body does not.
+            if e.failure in (Failure.CONNECT, Failure.TIMEOUT):
+                self.breaker.unreachable(e.failure.value)
+            elif e.failure is not Failure.OVERLOADED:
+                self.breaker.reachable()
+            raise
+        self.breaker.reachable()
+        return status, content
+
+    async def _with_deadline(
+        self, exchange: Coroutine[Any, Any, tuple[int, bytes]], seconds: float
+    ) -> tuple[int, bytes]:
+        d = defer.ensureDeferred(exchange)
         expired = []
 
         def expire() -> None:
             expired.append(True)
             d.cancel()
 
-        timer = self._reactor.callLater(self._config.timeout_for(name), expire)
+        timer = self._reactor.callLater(seconds, expire)
         try:
             return await d
         except Exception:
@@ -482,7 +693,28 @@ class Forwarder:
         defer.ensureDeferred(self.check(name, kind, payload)).addBoth(done)
         return BACKGROUND
 
-    # ---- startup ping ---------------------------------------------------------------------
+    # ---- ping: at startup (`do_ping`), for the breaker's probe, for `check` --------------
+
+    async def ping_once(self, *, limit: bool = True, timeout: float = 0) -> PingResult:
+        """POST {"id": ...} to <base_url>/ping and say what came back. Never raises."""
+        ping_id = "".join(random.choices(string.ascii_letters, k=8))
+        start = self._reactor.seconds()
+        status: int | None = None
+        try:
+            status, content = await self._send(
+                "ping", encode({"id": ping_id}), ping_id, limit=limit, timeout=timeout
+            )
+            outcome = _ping_outcome(status, content, ping_id)
+        except _Fail as e:
+            status, outcome = e.status, e.failure.value
+        except Exception:  # pragma: no cover - defensive: callers loop on this
+            logger.exception("Ping to the antispam server failed inside the module")
+            outcome = Failure.INTERNAL.value
+        return PingResult(outcome, ping_id, status, self._reactor.seconds() - start)
+
+    async def _probe(self) -> bool:
+        timeout = min(self.PROBE_TIMEOUT, self._config.timeout)
+        return (await self.ping_once(limit=False, timeout=timeout)).reachable
 
     def start_ping(self) -> None:
         """Ping in the background until the server answers; never delays Synapse's startup."""
@@ -495,33 +727,40 @@ class Forwarder:
             )
 
     async def _ping(self, backoff: float) -> None:
-        ping_id = "".join(random.choices("abcdefghijklmnopqrstuvwxyz", k=8))
-        problem = None
-        try:
-            body = encode({"id": ping_id})
-            status, content = await self._with_deadline("ping", body, f"ping-{ping_id}")
-            answer = _json_object(content)
-            if not 200 <= status < 300:
-                problem = f"HTTP {status}"
-            elif answer is None or answer.get("id") != ping_id or answer.get("status") != "ok":
-                problem = "unexpected answer (expected the same id and status ok)"
-        except _Fail as e:
-            problem = e.failure.value
-        except Exception as e:  # pragma: no cover - defensive: the loop must go on
-            problem = type(e).__name__
-        if problem is None:
-            logger.info("Pinged antispam server at %s (id %s)", self._config.base_url, ping_id)
+        result = await self.ping_once()
+        if result.outcome == "ok":
+            # 0.5.x's wording: antispam servers' docs tell admins to look for this line.
+            logger.info("Successfully pinged antispam server with request ID %s", result.ping_id)
+            return
+        if result.outcome == "not_implemented":
+            logger.warning(
+                "The antispam server at %s is reachable but has no ping endpoint (HTTP %s); "
+                "not pinging it again (set do_ping: false to skip this)",
+                self.url,
+                result.http_status,
+            )
+            return
+        if result.outcome == "unexpected_answer":
+            logger.warning(
+                "The antispam server at %s answered the ping (request ID %s) with HTTP %s but "
+                'not the expected {"id": ..., "status": "ok"}; taking it as reachable',
+                self.url,
+                result.ping_id,
+                result.http_status,
+            )
             return
         logger.warning(
-            "Ping to antispam server at %s failed: %s; retrying in %gs",
-            self._config.base_url,
-            problem,
+            "Ping to antispam server at %s failed: %s%s; retrying in %gs",
+            self.url,
+            result.outcome,
+            f" (HTTP {result.http_status})" if result.http_status is not None else "",
             backoff,
         )
         self._schedule_ping(backoff, min(backoff * 2, 60.0))
 
     async def close(self) -> None:
         self._closed = True
+        self.breaker.stop()
         if self._ping_call is not None and self._ping_call.active():
             self._ping_call.cancel()
         await self._pool.closeCachedConnections()  # type: ignore[no-untyped-call]
@@ -535,17 +774,45 @@ def _json_object(content: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _no_endpoint(status: int, answer: Mapping[str, Any] | None) -> bool:
+    """A web framework's "no such route" (Express's HTML 404, a bare 405 or 501), as opposed
+    to the antispam server's own deliberate answer, which carries a Matrix errcode (Meowlnir's
+    404 M_NOT_FOUND for an unknown management room means the base_url is wrong)."""
+    if status not in _NO_ENDPOINT_STATUSES:
+        return False
+    return answer is None or not isinstance(answer.get("errcode"), str)
+
+
 def _classify(kind: Kind, status: int, content: bytes) -> Verdict:
-    """What an HTTP answer means: 2xx allows, a 4xx JSON object rejects, all else fails."""
+    """What an HTTP answer means: 2xx allows, a framework's 404/405/501 says "no endpoint",
+    401/407 are the server's own auth trouble, another 4xx JSON object rejects, all else fails.
+    """
     if 200 <= status < 300:
         if kind is Kind.REGISTRATION:
             answer = _json_object(content)
             if answer is not None and answer.get("shadow_ban") is True:
                 return Verdict(Outcome.ALLOWED, shadow_ban=True)
         return ALLOW
-    if 400 <= status < 500 and status not in _SERVER_AUTH_STATUSES:
-        answer = _json_object(content)
+    answer = _json_object(content) if 400 <= status < 600 else None
+    if _no_endpoint(status, answer):
+        return NOT_IMPLEMENTED
+    if status in _SERVER_AUTH_STATUSES:
+        raise _Fail(Failure.AUTH, status)
+    if 400 <= status < 500:
         if answer is None:
             raise _Fail(Failure.BAD_RESPONSE, status)
         return rejection(answer)
     raise _Fail(Failure.HTTP_STATUS, status)
+
+
+def _ping_outcome(status: int, content: bytes, ping_id: str) -> str:
+    answer = _json_object(content)
+    if 200 <= status < 300:
+        if answer is not None and answer.get("id") == ping_id and answer.get("status") == "ok":
+            return "ok"
+        return "unexpected_answer"
+    if _no_endpoint(status, answer):
+        return "not_implemented"
+    if status in _SERVER_AUTH_STATUSES:
+        return Failure.AUTH.value
+    return Failure.HTTP_STATUS.value if status >= 500 else Failure.BAD_RESPONSE.value

@@ -27,7 +27,7 @@ def _create() -> dict[str, Any] | None:
         "decisions": Counter(
             f"{prefix}_decisions_total",
             "Spam-checker decisions by callback and outcome (allowed, rejected, failed_open, "
-            "failed_closed, background)",
+            "failed_closed, background, not_implemented)",
             ["callback", "outcome"],
         ),
         "failures": Counter(
@@ -44,6 +44,17 @@ def _create() -> dict[str, Any] | None:
         "in_flight": Gauge(f"{prefix}_requests_in_flight", "Requests to the antispam server now"),
         "breaker": Gauge(
             f"{prefix}_circuit_breaker_open", "1 while the circuit breaker is open, else 0"
+        ),
+        "breaker_changes": Counter(
+            f"{prefix}_circuit_breaker_changes_total",
+            "Circuit breaker openings (why: connect, timeout) and closings (why: answered)",
+            ["state", "why"],
+        ),
+        "probes": Counter(
+            f"{prefix}_circuit_breaker_probes_total",
+            "Background probes of the antispam server while the breaker is open, by result "
+            "(answered: the server is back; unanswered: it is still down)",
+            ["result"],
         ),
         "dropped": Counter(
             f"{prefix}_background_dropped_total",
@@ -70,9 +81,14 @@ class PrometheusObserver:
         if self._m is not None:
             self._m["in_flight"].inc(delta)
 
-    def breaker_open(self, is_open: bool) -> None:
+    def breaker_changed(self, is_open: bool, why: str) -> None:
         if self._m is not None:
             self._m["breaker"].set(1 if is_open else 0)
+            self._m["breaker_changes"].labels("open" if is_open else "closed", why).inc()
+
+    def breaker_probed(self, answered: bool) -> None:
+        if self._m is not None:
+            self._m["probes"].labels("answered" if answered else "unanswered").inc()
 
     def background_dropped(self, callback: str) -> None:
         if self._m is not None:

@@ -15,6 +15,9 @@ class Outcome(enum.Enum):
     FAILED_OPEN = "failed_open"  # the server failed; policy let the action through
     FAILED_CLOSED = "failed_closed"  # the server failed; policy rejected with M_UNKNOWN
     BACKGROUND = "background"  # an `async` callback: allowed at once, checked in background
+    # The antispam server has no endpoint for this callback (a framework's 404, 405 or 501):
+    # nothing to enforce, so the action goes through whatever the failure policy says.
+    NOT_IMPLEMENTED = "not_implemented"
 
 
 class Failure(enum.Enum):
@@ -23,6 +26,7 @@ class Failure(enum.Enum):
     CONNECT = "connect"
     TIMEOUT = "timeout"
     HTTP_STATUS = "http_status"
+    AUTH = "auth"  # 401 or 407: the antispam server refused the module's credentials
     BAD_RESPONSE = "bad_response"
     TOO_LARGE = "response_too_large"
     REQUEST_TOO_LARGE = "request_too_large"
@@ -37,6 +41,7 @@ FAILURE_MESSAGES: Mapping[Failure, str] = {
     Failure.CONNECT: "The antispam server could not be reached",
     Failure.TIMEOUT: "The antispam server did not answer in time",
     Failure.HTTP_STATUS: "The antispam server failed to process the request",
+    Failure.AUTH: "The antispam server refused this homeserver's credentials",
     Failure.BAD_RESPONSE: "The antispam server sent an invalid response",
     Failure.TOO_LARGE: "The antispam server sent an oversized response",
     Failure.REQUEST_TOO_LARGE: "The request is too large for the antispam server",
@@ -71,11 +76,15 @@ class Verdict:
 
     @property
     def allowed(self) -> bool:
-        return self.outcome in (Outcome.ALLOWED, Outcome.FAILED_OPEN, Outcome.BACKGROUND)
+        return self.outcome in _ALLOWING
 
 
+_ALLOWING = frozenset(
+    {Outcome.ALLOWED, Outcome.FAILED_OPEN, Outcome.BACKGROUND, Outcome.NOT_IMPLEMENTED}
+)
 ALLOW = Verdict(Outcome.ALLOWED)
 BACKGROUND = Verdict(Outcome.BACKGROUND)
+NOT_IMPLEMENTED = Verdict(Outcome.NOT_IMPLEMENTED)
 
 
 def rejection(body: Mapping[str, Any]) -> Verdict:

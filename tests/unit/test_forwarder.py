@@ -19,7 +19,7 @@ from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder, NullObserver
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
-from tests.support.antispam_server import AntispamServer, Behaviour, allow, reject
+from tests.support.antispam_server import AntispamServer, Behaviour, allow, free_port, reject
 
 TOKEN = "very-secret-token-123"
 
@@ -68,8 +68,25 @@ async def test_request_shape(server: AntispamServer, fwd: Forwarder) -> None:
     assert req.json == {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
     assert req.headers["authorization"] == f"Bearer {TOKEN}"
     assert req.headers["content-type"] == "application/json"
+    assert req.headers["accept"] == "application/json"
     assert req.headers["user-agent"].startswith("synapse-http-antispam/")
     assert req.headers["x-request-id"]
+
+
+# (Trailing white space cannot survive any HTTP parser, so none is tried.)
+@pytest.mark.parametrize("token", ["tok en", " leading-space", "Bearer-ish=="])
+@pytest_twisted.ensureDeferred
+async def test_inline_authorization_is_sent_byte_for_byte(
+    server: AntispamServer, token: str
+) -> None:
+    """As 0.5.x sent it: servers compare the header exactly (Meowlnir hashes what follows
+    "Bearer ", Draupnir matches `Bearer (.*)`), so trimming would lock a working setup out."""
+    f = Forwarder(parse_config({"base_url": server.base_url, "authorization": token}))
+    try:
+        await check(f)
+        assert server.requests[0].headers["authorization"] == f"Bearer {token}"
+    finally:
+        await f.close()
 
 
 @pytest.mark.parametrize(
@@ -115,8 +132,10 @@ async def test_4xx_without_errcode_defaults_to_forbidden(
     [
         (Behaviour(status=500, body={"errcode": "M_FORBIDDEN"}), Failure.HTTP_STATUS),
         (Behaviour(status=503, body=b"<html>down</html>"), Failure.HTTP_STATUS),
-        (Behaviour(status=401, body={"errcode": "M_UNKNOWN_TOKEN"}), Failure.HTTP_STATUS),
-        (Behaviour(status=407, body={}), Failure.HTTP_STATUS),
+        (Behaviour(status=401, body={"errcode": "M_UNKNOWN_TOKEN"}), Failure.AUTH),
+        (Behaviour(status=401, body=b"Missing access token"), Failure.AUTH),
+        (Behaviour(status=407, body={}), Failure.AUTH),
+        (Behaviour(status=501, body={"errcode": "M_UNKNOWN", "error": "x"}), Failure.HTTP_STATUS),
         (Behaviour(status=302, headers={"Location": "http://127.0.0.1:9/x"}), Failure.HTTP_STATUS),
         (Behaviour(status=400, body=b"<html>bad</html>"), Failure.BAD_RESPONSE),
         (Behaviour(status=403, body=b"\xff\xfe{not utf-8"), Failure.BAD_RESPONSE),
@@ -131,8 +150,10 @@ async def test_4xx_without_errcode_defaults_to_forbidden(
     ids=[
         "500-json",
         "503-html",
-        "401-own-auth",
+        "401-json-own-auth",
+        "401-html-own-auth",
         "407-proxy-auth",
+        "501-json-errcode",
         "302-redirect",
         "400-html",
         "403-invalid-utf8",
@@ -224,24 +245,117 @@ async def test_oversized_request_is_not_sent(server: AntispamServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_breaker_stops_calling_a_failing_server_then_probes(
-    server: AntispamServer,
-) -> None:
-    server.set(None, Behaviour(status=500))
-    f = make(server.base_url, circuit_breaker={"failure_threshold": 3, "cooldown": 0.3})
+async def test_breaker_opens_on_a_dead_server_and_a_background_probe_closes_it() -> None:
+    port = free_port()
+    f = make(
+        f"http://127.0.0.1:{port}",
+        circuit_breaker={"failure_threshold": 3, "probe_interval": 0.1},
+    )
     try:
         for _ in range(3):
-            assert (await check(f)).failure is Failure.HTTP_STATUS
-        for _ in range(5):
-            assert (await check(f)).failure is Failure.BREAKER_OPEN
-        assert len(server.requests) == 3
-        server.set(None, allow())
-        await sleep(0.35)
-        assert (await check(f)).outcome is Outcome.ALLOWED  # the probe
-        assert (await check(f)).outcome is Outcome.ALLOWED
-        assert len(server.requests) == 5
+            assert (await check(f)).failure is Failure.CONNECT
+        assert f.breaker.is_open
+        assert (await check(f)).failure is Failure.BREAKER_OPEN
+        with AntispamServer(port=port) as back:
+            # No user call is needed: the probe finds the server and closes the breaker.
+            await until(lambda: not f.breaker.is_open)
+            assert [r.callback for r in back.requests] == ["ping"]
+            assert (await check(f)).outcome is Outcome.ALLOWED
     finally:
         await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_broken_endpoint_does_not_take_the_others_down(server: AntispamServer) -> None:
+    server.set("user_may_invite", Behaviour(status=500, body={"errcode": "M_UNKNOWN"}))
+    f = make(server.base_url, circuit_breaker={"failure_threshold": 2})
+    try:
+        for _ in range(20):
+            assert (await check(f)).failure is Failure.HTTP_STATUS
+        assert not f.breaker.is_open
+        verdict = await f.check("user_may_create_room", Kind.GATE, {"user_id": "@a:x"})
+        assert verdict.outcome is Outcome.ALLOWED
+    finally:
+        await f.close()
+
+
+NO_ENDPOINT = {
+    "express-404-html": Behaviour(
+        status=404,
+        body=b"<!DOCTYPE html><pre>Cannot POST /api/1/spam_check/x</pre>",
+        headers={"Content-Type": "text/html; charset=utf-8"},
+    ),
+    "go-405-text": Behaviour(
+        status=405, body=b"Method Not Allowed", headers={"Content-Type": "text/plain"}
+    ),
+    "501-empty": Behaviour(status=501, body=b""),
+    "404-json-without-errcode": Behaviour(status=404, body={"detail": "Not Found"}),
+}
+
+
+@pytest.mark.parametrize("behaviour", list(NO_ENDPOINT.values()), ids=list(NO_ENDPOINT))
+@pytest_twisted.ensureDeferred
+async def test_no_endpoint_allows_whatever_the_failure_policy_and_is_not_sent_again(
+    server: AntispamServer, behaviour: Behaviour, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.set("user_may_invite", behaviour)
+    f = make(server.base_url, circuit_breaker={"failure_threshold": 1})
+    try:
+        with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+            for _ in range(5):
+                verdict = await check(f)  # user_may_invite fails closed by default
+                assert verdict.outcome is Outcome.NOT_IMPLEMENTED and verdict.allowed
+        assert len(server.requests_for("user_may_invite")) == 1
+        assert not f.breaker.is_open
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "no endpoint for user_may_invite" in warnings[0]
+        assert "enabled_callbacks" in warnings[0]
+        # Other callbacks are still sent.
+        verdict = await f.check("user_may_create_room", Kind.GATE, {"user_id": "@a:x"})
+        assert verdict.outcome is Outcome.ALLOWED
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_endpoint_is_asked_again_later_so_an_upgrade_is_picked_up(
+    server: AntispamServer,
+) -> None:
+    server.set("user_may_invite", NO_ENDPOINT["express-404-html"])
+    f = make(server.base_url)
+    f.UNIMPLEMENTED_RECHECK = 0.3
+    try:
+        assert (await check(f)).outcome is Outcome.NOT_IMPLEMENTED
+        server.set("user_may_invite", reject("M_FORBIDDEN", "now served"))
+        assert (await check(f)).outcome is Outcome.NOT_IMPLEMENTED  # not asked yet
+        await sleep(0.35)
+        verdict = await check(f)
+        assert (verdict.outcome, verdict.message) == (Outcome.REJECTED, "now served")
+        assert len(server.requests_for("user_may_invite")) == 2
+    finally:
+        await f.close()
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", status=404),
+        reject("M_UNRECOGNIZED", "Unrecognized request", status=405),
+    ],
+    ids=["meowlnir-unknown-room-404", "405-with-errcode"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_deliberate_404_with_an_errcode_still_rejects(
+    server: AntispamServer, fwd: Forwarder, behaviour: Behaviour
+) -> None:
+    server.set(None, behaviour)
+    verdict = await check(fwd)
+    assert verdict.outcome is Outcome.REJECTED
+    assert isinstance(behaviour.body, dict) and verdict.errcode == behaviour.body["errcode"]
+    assert len(server.requests) == 1
+    await check(fwd)
+    assert len(server.requests) == 2  # still asked every time
 
 
 class InFlight(NullObserver):
@@ -335,8 +449,28 @@ async def test_ping_retries_until_the_server_answers(
             await until(lambda: len(server.requests_for("ping")) == 1)
             server.reset_behaviours()  # the retry (after 1 s of backoff) is answered
             await until(lambda: len(server.requests_for("ping")) == 2)
-            await until(lambda: any("Pinged" in r.getMessage() for r in caplog.records))
+            await until(lambda: any("Successfully" in r.getMessage() for r in caplog.records))
+        [line] = [r.getMessage() for r in caplog.records if "Successfully" in r.getMessage()]
+        [_, answered] = server.requests_for("ping")
+        # 0.5.x's wording, which antispam servers' docs tell admins to look for.
+        assert line == f"Successfully pinged antispam server with request ID {answered.json['id']}"
         assert len(server.requests_for("ping")) == 2
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_without_an_endpoint_stops_with_one_warning(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.set("ping", NO_ENDPOINT["express-404-html"])
+    f = make(server.base_url, do_ping=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+            f.start_ping()
+            await until(lambda: any("no ping endpoint" in r.getMessage() for r in caplog.records))
+            await sleep(1.2)  # a retry would have come after 1 s
+        assert len(server.requests_for("ping")) == 1
     finally:
         await f.close()
 
