@@ -439,6 +439,7 @@ class Forwarder:
         user_agent: str = f"synapse-http-antispam/{__version__}",
         instance: str = "master",
         observer: Observer | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -466,6 +467,8 @@ class Forwarder:
         }
         if config.token:
             headers["Authorization"] = [f"Bearer {config.token}"]
+        for header, value in (extra_headers or {}).items():
+            headers[header] = [value]
         self._headers = headers
         self.url = _public_url(config.base_url)
         self._limiter = Limiter(config.max_concurrency, config.max_pending)
