@@ -478,6 +478,8 @@ class Forwarder:
         # callback -> time until which it is not sent (the server has no endpoint for it).
         self._unimplemented: dict[str, float] = {}
         self._warned_unimplemented: set[str] = set()
+        # Callbacks the server has answered (allow or reject) at least once in this process.
+        self._served: set[str] = set()
         self._background = 0
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
@@ -509,22 +511,37 @@ class Forwarder:
         return NOT_IMPLEMENTED
 
     def _note_answer(self, name: str, verdict: Verdict, status: int) -> None:
-        if verdict.outcome is Outcome.NOT_IMPLEMENTED:
+        if verdict.outcome is not Outcome.NOT_IMPLEMENTED:
+            self._served.add(name)
+            if self._unimplemented.pop(name, None) is not None:
+                logger.info("The antispam server at %s now answers %s", self.url, name)
+            return
+        # An endpoint that has answered before and now says "no such route" is a glitch (a
+        # proxy in between, a restart), not a server without it: allow, but keep asking.
+        glitch = name in self._served
+        if not glitch:
             self._unimplemented[name] = self._reactor.seconds() + self.UNIMPLEMENTED_RECHECK
-            if name in self._warned_unimplemented:
-                return
-            self._warned_unimplemented.add(name)
+        if name in self._warned_unimplemented:
+            return
+        self._warned_unimplemented.add(name)
+        if glitch:
             logger.warning(
-                "The antispam server at %s has no endpoint for %s (HTTP %d): allowing it, and "
-                "not sending it for %gs before asking again. To stop sending it, leave it out "
-                "of enabled_callbacks.",
+                "The antispam server at %s answered %s with HTTP %d (no such endpoint), although "
+                "it answered it before; allowing this call",
                 self.url,
                 name,
                 status,
-                self.UNIMPLEMENTED_RECHECK,
             )
-        elif self._unimplemented.pop(name, None) is not None:
-            logger.info("The antispam server at %s now answers %s", self.url, name)
+            return
+        logger.warning(
+            "The antispam server at %s has no endpoint for %s (HTTP %d): allowing it, and not "
+            "sending it for %gs before asking again. To stop sending it, leave it out of "
+            "enabled_callbacks.",
+            self.url,
+            name,
+            status,
+            self.UNIMPLEMENTED_RECHECK,
+        )
 
     # ---- the decision path --------------------------------------------------------------
 

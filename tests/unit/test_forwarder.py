@@ -337,6 +337,19 @@ async def test_no_endpoint_is_asked_again_later_so_an_upgrade_is_picked_up(
         await f.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_no_endpoint_from_an_endpoint_that_answered_before_is_a_glitch(
+    server: AntispamServer, fwd: Forwarder
+) -> None:
+    """A flaky proxy's 404 must not silence a callback the server really has for minutes."""
+    assert (await check(fwd)).outcome is Outcome.ALLOWED
+    server.set("user_may_invite", NO_ENDPOINT["express-404-html"])
+    assert (await check(fwd)).outcome is Outcome.NOT_IMPLEMENTED
+    server.set("user_may_invite", reject())
+    assert (await check(fwd)).outcome is Outcome.REJECTED
+    assert len(server.requests) == 3
+
+
 @pytest.mark.parametrize(
     "behaviour",
     [
