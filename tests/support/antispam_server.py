@@ -91,8 +91,11 @@ class AntispamServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def stop(self, *, release: bool = True) -> None:
+        """Stop listening. release=False leaves delayed and stalled answers waiting (a server
+        going away mid-request does not answer them); a later stop() releases them."""
+        if release:
+            self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
