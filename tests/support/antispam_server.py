@@ -75,6 +75,8 @@ class AntispamServer:
     # through `_serve`; any other method gets http.server's own 501.
     record_class: type[Recorded] = Recorded
     extra_methods: tuple[str, ...] = ()
+    # How often serve_forever looks for shutdown(): stopping waits up to this long.
+    poll_interval = 0.5
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
@@ -98,7 +100,9 @@ class AntispamServer:
         return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def start(self) -> AntispamServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(self.poll_interval,), daemon=True
+        )
         self._thread.start()
         return self
 
