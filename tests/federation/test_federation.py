@@ -354,7 +354,10 @@ def test_join_after_remote_invite_is_invited(pair: Pair, antispam: AntispamServe
     assert status == 200, body
     (asked,) = antispam.requests_for("user_may_join_room")
     assert asked.json == {"user": pair.alice.user_id, "room": room_id, "is_invited": True}
-    assert membership(pair.mallory, room_id, pair.alice.user_id) == "join"
+    wait_until(
+        lambda: membership(pair.mallory, room_id, pair.alice.user_id) == "join",
+        what="the remote server to see the join",
+    )
 
 
 # --- media: a local user fetches a file stored on the remote server -----------------------
