@@ -40,11 +40,13 @@ def _relaxed(per_second: float = 1000, burst: int = 1000) -> dict[str, Any]:
     return {"per_second": per_second, "burst_count": burst}
 
 
-def base_config(workdir: Path, port: int, metrics_port: int) -> dict[str, Any]:
+def base_config(
+    workdir: Path, port: int, metrics_port: int, server_name: str = SERVER_NAME
+) -> dict[str, Any]:
     """A homeserver.yaml every release from 1.30 to the newest accepts (unknown keys ignored)."""
     limits = _relaxed()
     return {
-        "server_name": SERVER_NAME,
+        "server_name": server_name,
         "pid_file": str(workdir / "homeserver.pid"),
         "listeners": [
             {
@@ -120,13 +122,15 @@ class SynapseServer:
         extra_config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         extra_listeners: list[dict[str, Any]] | None = None,
+        server_name: str = SERVER_NAME,
     ) -> None:
         self.workdir = Path(workdir)
+        self.server_name = server_name
         self.env = env or {}
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.metrics_port = free_port()
-        config = base_config(self.workdir, self.port, self.metrics_port)
+        config = base_config(self.workdir, self.port, self.metrics_port, server_name)
         config["listeners"] += extra_listeners or []
         if modules is not None:
             config["modules"] = modules
@@ -225,7 +229,7 @@ class SynapseServer:
         )
 
     def user_id(self, localpart: str) -> str:
-        return f"@{localpart}:{SERVER_NAME}"
+        return f"@{localpart}:{self.server_name}"
 
     def metrics(self) -> str:
         return scrape_metrics(self.metrics_port)

@@ -1,0 +1,118 @@
+"""Fixtures: two real Synapse homeservers federating on loopback, the module on one of them.
+
+`local` (hs1) runs the module in one door (booted once per door); `remote` (hs2) has no module
+and plays the other server's users. Both are booted once per test module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.support.antispam_server import AntispamServer
+from tests.support.federation import SyncWatcher, federating_server, join_remote
+from tests.support.synapse import Client, SynapseServer, synapse_version
+
+TOKEN = "federation-secret-token"
+VERSION = synapse_version()
+DOORS = {
+    "modules": "synapse_http_antispam.HTTPAntispam",
+    "spam_checker": "synapse_http_antispam.LegacyHTTPAntispam",
+}
+
+
+def skip_reason() -> str | None:
+    """The suite runs on every release of the matrix (about 15 s of CPU each): all of them,
+    1.30 included, federate with the same config. SYNAPSE_FEDERATION_TESTS=0 turns it off."""
+    if os.environ.get("SYNAPSE_FEDERATION_TESTS") == "0":
+        return "SYNAPSE_FEDERATION_TESTS=0"
+    return None
+
+
+@dataclass
+class Pair:
+    """Two federating homeservers: `local` with the module in `door`, `remote` without."""
+
+    door: str
+    local: SynapseServer
+    remote: SynapseServer
+    alice: Client  # a user of the local server (the one with the module)
+    mallory: Client  # a user of the remote server
+    alice_sync: SyncWatcher
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def unique(self, prefix: str) -> str:
+        return f"{prefix} {self.door} {next(self.counter)}"
+
+    def remote_room(self, **body: Any) -> str:
+        status, answer = self.mallory.create_room(**{"preset": "public_chat", **body})
+        assert status == 200, answer
+        return str(answer["room_id"])
+
+    def shared_room(self) -> str:
+        """A room on the remote server that alice has joined (through the module's checks)."""
+        room_id = self.remote_room(name=self.unique("shared"))
+        status, body = join_remote(self.alice, room_id, self.remote.server_name)
+        assert status == 200, body
+        return room_id
+
+
+@pytest.fixture(scope="module")
+def antispam() -> Iterator[AntispamServer]:
+    with AntispamServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_antispam(request: pytest.FixtureRequest) -> None:
+    if "antispam" in request.fixturenames:
+        server: AntispamServer = request.getfixturevalue("antispam")
+        server.reset_behaviours()
+        server.clear()
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = federating_server(tmp_path_factory.mktemp("remote"))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mallory(remote: SynapseServer) -> Client:
+    return remote.register("mallory")
+
+
+@pytest.fixture(scope="module", params=list(DOORS))
+def pair(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    antispam: AntispamServer,
+    remote: SynapseServer,
+    mallory: Client,
+) -> Iterator[Pair]:
+    door: str = request.param
+    if door == "modules" and VERSION < (1, 37, 0):
+        pytest.skip("Synapse before 1.37 has no modules: section")
+    # The breaker would make results depend on test order (it has its own tests).
+    config = {
+        "base_url": antispam.base_url,
+        "authorization": TOKEN,
+        "timeout": 5,
+        "circuit_breaker": {"failure_threshold": 0},
+    }
+    local = federating_server(
+        tmp_path_factory.mktemp(f"local-{door}"),
+        **{door: [{"module": DOORS[door], "config": config}]},  # type: ignore[arg-type]
+    )
+    with local:
+        alice = local.register("alice")
+        yield Pair(door, local, remote, alice, mallory, SyncWatcher(alice))
