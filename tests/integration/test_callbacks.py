@@ -83,17 +83,22 @@ class Expect:
     error: str | None = None
     fields: dict[str, Any] | None = None
 
+    def check(self, allowed: bool, status: int, body: dict[str, Any]) -> None:
+        """Assert that a client action ended as expected."""
+        assert allowed == self.allowed, (status, body)
+        if self.status is not None:
+            assert status == self.status, body
+        if self.errcode is not None:
+            assert body.get("errcode") == self.errcode, body
+        if self.error is not None:
+            assert body.get("error") == self.error, body
+        for key, value in (self.fields or {}).items():
+            assert body.get(key) == value, body
+
 
 def expected(door: str, callback: str, scenario: str) -> Expect:
     if scenario == "allow" or (scenario == "server_error" and callback in FAILS_OPEN):
         return Expect(allowed=True)
-    if callback == "check_username_for_spam":
-        return Expect(allowed=False)  # hidden from the search results; no error
-    if callback == "check_registration_for_spam":
-        # RegistrationBehaviour.DENY: Synapse disguises it as rate limiting, on every release.
-        return Expect(False, 429, "M_UNKNOWN", "Rate limited")
-    if callback == "check_media_file_for_spam":
-        return Expect(allowed=False, status=400)
     server = SCENARIOS[scenario].body
     assert isinstance(server, dict)
     if scenario == "server_error":
@@ -102,6 +107,18 @@ def expected(door: str, callback: str, scenario: str) -> Expect:
             "errcode": "M_UNKNOWN",
             "error": "The antispam server failed to process the request",
         }
+    return expected_rejection(door, callback, server)
+
+
+def expected_rejection(door: str, callback: str, server: dict[str, Any]) -> Expect:
+    """What the client sees when the antispam server rejects `callback` with `server`."""
+    if callback == "check_username_for_spam":
+        return Expect(allowed=False)  # hidden from the search results; no error
+    if callback == "check_registration_for_spam":
+        # RegistrationBehaviour.DENY: Synapse disguises it as rate limiting, on every release.
+        return Expect(False, 429, "M_UNKNOWN", "Rate limited")
+    if callback == "check_media_file_for_spam":
+        return Expect(allowed=False, status=400)
     if carried(door, callback):
         extra = {k: v for k, v in server.items() if k not in ("errcode", "error")}
         return Expect(False, 403, server["errcode"], server["error"], extra)
@@ -209,15 +226,6 @@ def test_client_sees_the_antispam_answer(
         pytest.skip(f"{callback} is not available through {door} on Synapse {VERSION}")
     antispam.set(callback, SCENARIOS[scenario])
     allowed, status, body = world.act(callback)
-    want = expected(door, callback, scenario)
     assert antispam.requests_for(callback), f"{callback} was not forwarded"
-    assert allowed == want.allowed, (status, body)
-    if want.status is not None:
-        assert status == want.status, body
-    if want.errcode is not None:
-        assert body.get("errcode") == want.errcode, body
-    if want.error is not None:
-        assert body.get("error") == want.error, body
-    for key, value in (want.fields or {}).items():
-        assert body.get(key) == value, body
+    expected(door, callback, scenario).check(allowed, status, body)
     assert "integration-secret-token" not in str(body)
