@@ -57,3 +57,32 @@ def test_protocol_reference_documents_every_callback() -> None:
     protocol = section(README.read_text(), "Wire protocol")
     for name in CALLBACKS:
         assert f"### `{name}`" in protocol, name
+
+
+def _yaml_block(text: str) -> dict[str, object]:
+    import yaml
+
+    match = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert match
+    [entry] = yaml.safe_load(match.group(1))["modules"]
+    assert entry["module"] == "synapse_http_antispam.HTTPAntispam"
+    config: dict[str, object] = entry["config"]
+    return config
+
+
+def test_meowlnir_and_draupnir_sections_show_the_tested_configs() -> None:
+    """The configs the README gives are the ones tests/integration/test_peers.py boots."""
+    from tests.support.peers import DraupnirModel, MeowlnirModel
+
+    text = README.read_text()
+    with MeowlnirModel() as meowlnir, DraupnirModel() as draupnir:
+        tested_configs = {
+            "With Meowlnir": meowlnir.module_config(),
+            "With Draupnir": draupnir.module_config(),
+        }
+    for heading, tested in tested_configs.items():
+        shown = _yaml_block(section(text, heading))
+        for placeholder in ("base_url", "authorization"):
+            shown.pop(placeholder)
+            tested.pop(placeholder)
+        assert shown == tested, heading
