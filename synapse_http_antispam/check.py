@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 import types
 from collections.abc import Mapping, Sequence
@@ -184,10 +185,11 @@ def entry_problems(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
         sections = {e.section for e in entries}
         places = ", ".join(f"{e.where} ({e.module})" for e in entries)
         both = " under both `modules:` and `spam_checker:`" if len(sections) > 1 else ""
+        times = "twice" if len(entries) == 2 else f"{len(entries)} times"
         fatal.append(
-            f"the module is configured {len(entries)} times{both}: {places}. Synapse loads each "
-            "one, so every check would be sent to the antispam server "
-            f"{len(entries)} times. Keep one (`modules:` from Synapse 1.37)."
+            f"the module is configured {times}{both}: {places}. Synapse loads each entry, so "
+            f"every check would be sent to the antispam server {times}. Keep one (`modules:` "
+            "from Synapse 1.37)."
         )
     for e in entries:
         if e.door is None:
@@ -519,10 +521,12 @@ _NO_VERDICT = {
 }
 
 
-def row_for(name: str, config: Config, verdict: Verdict | None, status: str = "") -> Row:
+def row_for(
+    name: str, config: Config, verdict: Verdict | None, status: str = "", why: str = ""
+) -> Row:
     """The report line for one callback: what came back, against the configured policy."""
     if verdict is None:
-        answer = _NO_VERDICT[status]
+        answer = why or _NO_VERDICT[status]
     else:
         status, answer = _answer(name, config, verdict)
     rejected = verdict is not None and verdict.outcome is Outcome.REJECTED
@@ -808,6 +812,11 @@ async def run_check(options: Options, reactor: Any = None) -> Report:
         await probe(report, config, options, reactor)
     else:
         report.base_url = public_url(config.base_url)
+        report.rows += [
+            row_for(n, config, None, "not_probed", "not sent (--offline)")
+            for n in report.door_callbacks or []
+        ]
+        report.rows.sort(key=lambda r: list(CALLBACKS).index(r.callback))
     problems, warnings = judge(
         config, config.enabled_callbacks is not None, report.ping, report.rows
     )
@@ -905,7 +914,17 @@ def render_text(report: Report, colour: bool = False) -> str:
     for title, items, hue in sections:
         if items:
             out += ["", paint(f"{title}:", hue)]
-            out += [f"  - {item}" for item in items]
+            out += [
+                textwrap.fill(
+                    item,
+                    width=100,
+                    initial_indent="  - ",
+                    subsequent_indent="    ",
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+                for item in items
+            ]
     out.append("")
     code = report.exit_code
     out.append(f"{paint(*_VERDICT_WORDS[code])}: {summary(report)} (exit {code})")
