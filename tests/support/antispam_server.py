@@ -22,6 +22,7 @@ class Behaviour:
     status: int = 200
     # dict/list -> JSON; None -> b"{}"; str -> UTF-8; bytes as is.
     body: bytes | dict[str, Any] | list[Any] | str | None = None
+    # Extra response headers; one given the value "" is left out (e.g. to send no Content-Type).
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # before the status line
     never_respond: bool = False  # read the request, then hold the connection open silently
@@ -59,12 +60,24 @@ class Recorded:
     body: bytes
     json: Any
     connection_id: int
+    method: str = "POST"
+    # The status answered; None until answered, or when the connection was dropped instead.
+    status: int | None = None
+    # Every header line as received, in order, duplicates kept (`headers` keeps the last one).
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 Rule = Union[Behaviour, Callable[[Recorded], Behaviour]]
 
 
 class AntispamServer:
+    # Subclasses (the peer models) may record richer entries, and answer more methods than POST
+    # through `_serve`; any other method gets http.server's own 501.
+    record_class: type[Recorded] = Recorded
+    extra_methods: tuple[str, ...] = ()
+    # How often serve_forever looks for shutdown(): stopping waits up to this long.
+    poll_interval = 0.5
+
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
     ) -> None:
@@ -87,7 +100,9 @@ class AntispamServer:
         return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def start(self) -> AntispamServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(self.poll_interval,), daemon=True
+        )
         self._thread.start()
         return self
 
@@ -142,6 +157,11 @@ class AntispamServer:
             self.requests.append(recorded)
             self._lock.notify_all()
 
+    def _serve(self, recorded: Recorded) -> Behaviour:
+        """Record a request and pick its answer (recorded first: a stalled answer is visible)."""
+        self._record(recorded)
+        return self._behaviour_for(recorded)
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -165,24 +185,38 @@ class AntispamServer:
                 except (TimeoutError, socket.timeout, ConnectionError):
                     self.close_connection = True
 
-            def do_POST(self) -> None:
+            def _read_body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline().strip():  # trailers
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                return self.rfile.read(length)
+
+            def do_POST(self) -> None:
+                body = self._read_body()
                 try:
                     parsed = json.loads(body)
                 except ValueError:
                     parsed = None
-                recorded = Recorded(
+                recorded = server.record_class(
                     callback=self.path.rstrip("/").rsplit("/", 1)[-1],
                     path=self.path,
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                     json=parsed,
                     connection_id=self.connection_id,
+                    method=self.command,
+                    raw_headers=list(self.headers.items()),
                 )
                 self.served += 1
-                server._record(recorded)
-                self._answer(server._behaviour_for(recorded))
+                self._answer(server._serve(recorded))
 
             def _hang(self) -> None:
                 server._stopping.wait(600)
@@ -202,6 +236,7 @@ class AntispamServer:
                 payload = b.encoded_body()
                 self.send_response(b.status)
                 headers = {"Content-Type": "application/json", **b.headers}
+                headers = {name: value for name, value in headers.items() if value != ""}
                 if b.endless_body:
                     headers["Transfer-Encoding"] = "chunked"
                 elif b.stall_body:
@@ -211,6 +246,8 @@ class AntispamServer:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
+                if self.command == "HEAD":  # the length is announced, the body never sent
+                    return
                 try:
                     if b.endless_body:
                         chunk = b"2000\r\n" + b"x" * 0x2000 + b"\r\n"
@@ -229,6 +266,8 @@ class AntispamServer:
                 except OSError:
                     self.close_connection = True
 
+        for method in self.extra_methods:
+            setattr(Handler, f"do_{method}", Handler.do_POST)
         return Handler
 
 
