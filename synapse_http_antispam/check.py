@@ -306,18 +306,16 @@ def synapse_info() -> SynapseInfo | None:
 def would_send(
     entry: Entry, config: Config, info: SynapseInfo | None
 ) -> tuple[list[str], list[str]]:
-    """(callbacks the module would forward, enabled callbacks this Synapse would not register).
-
-    Without Synapse every enabled callback the door has is taken to be registered.
+    """(callbacks the module would forward, enabled callbacks it would not: this Synapse, or
+    the door, lacks them). Without Synapse, every callback the door has counts as registered.
     """
     enabled = [n for n in CALLBACKS if config.is_enabled(n)]
     if entry.door == "spam_checker":
-        enabled = [n for n in enabled if n in LEGACY_NAMES]
-        accepted = None if info is None else info.spam_checker
+        accepted: frozenset[str] = frozenset(LEGACY_NAMES) if info is None else info.spam_checker
+    elif info is None:
+        accepted = frozenset(CALLBACKS)
     else:
-        accepted = None if info is None else (info.modules or frozenset())
-    if accepted is None:
-        return enabled, []
+        accepted = info.modules or frozenset()
     return [n for n in enabled if n in accepted], [n for n in enabled if n not in accepted]
 
 
@@ -621,10 +619,7 @@ def judge(
                 "it; the module would let every such action through unchecked"
             )
         elif row.status == "not_registered" and explicit:
-            warnings.append(
-                f"{row.callback}: enabled, but this Synapse release does not have it; the "
-                "module skips it with a warning"
-            )
+            warnings.append(f"{row.callback}: enabled, but {row.answer}; nothing checks it")
         if row.slow and row.status != "failure":
             warnings.append(
                 f"{row.callback}: answered in {_ms(row.seconds or 0)}, more than half its "
@@ -754,9 +749,11 @@ def prepare(options: Options) -> tuple[Report, Config | None]:
     send, unsupported = would_send(report.entry, config, info)
     report.door_callbacks = send
     report.not_enabled = [n for n in CALLBACKS if not config.is_enabled(n)]
-    for name in CALLBACKS:
-        if name in unsupported:
-            report.rows.append(row_for(name, config, None, "not_registered"))
+    for name in unsupported:
+        why = ""
+        if report.entry.door == "spam_checker" and name not in LEGACY_NAMES:
+            why = "the spam_checker: door cannot carry it"
+        report.rows.append(row_for(name, config, None, "not_registered", why))
     return report, config
 
 

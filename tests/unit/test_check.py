@@ -486,3 +486,114 @@ async def test_every_callback_has_a_synthetic_request(name: str) -> None:
         assert isinstance(event["origin_server_ts"], int)
         assert isinstance(event["unsigned"]["age"], int)
         assert {"type", "sender", "room_id", "content"} <= set(event)
+
+
+# ---- behind the peer models of Meowlnir and Draupnir ------------------------------------------
+
+
+@pytest.fixture
+def meowlnir() -> Iterator[Any]:
+    from tests.support.peers import MeowlnirModel
+
+    with MeowlnirModel(secret="meow-secret") as model:
+        yield model
+
+
+@pytest.fixture
+def draupnir() -> Iterator[Any]:
+    from tests.support.peers import DraupnirModel
+
+    with DraupnirModel(secret="draupnir-secret") as model:
+        yield model
+
+
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_its_documented_config(tmp_path: Path, meowlnir: Any) -> None:
+    report = await check(homeserver(tmp_path, meowlnir.module_config()))
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert report.ping is not None and report.ping["outcome"] == "ok"
+    expected = {n: "allow" for n in ("user_may_invite", "user_may_join_room")}
+    expected.update({n: "not_registered" for n in expected if n not in sent_callbacks()})
+    assert statuses(report) == expected
+    assert meowlnir.violations == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_the_default_config_answers_everything(
+    tmp_path: Path, meowlnir: Any
+) -> None:
+    """Meowlnir answers 200 {} for callbacks it does not know: all served, nothing to warn."""
+    config = {"base_url": meowlnir.base_url, "authorization": meowlnir.secret}
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert {statuses(report)[n] for n in sent_callbacks()} == {"allow"}
+    assert not report.warnings
+    assert meowlnir.violations == []
+
+
+@pytest.mark.parametrize("legacy_auth", [False, True], ids=["v0.7", "v0.6"])
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_a_wrong_secret(
+    tmp_path: Path, meowlnir: Any, legacy_auth: bool
+) -> None:
+    meowlnir.legacy_auth = legacy_auth
+    config = meowlnir.module_config(authorization="not-the-secret")
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    row = {r.callback: r for r in report.rows}["user_may_invite"]
+    if legacy_auth:  # v0.6.0 and older: 500 M_UNKNOWN "Invalid antispam secret"
+        assert (row.failure, row.http_status) == ("http_status", 500)
+    else:
+        assert (row.failure, row.http_status) == ("auth", 401)
+        assert any("authorization" in p for p in report.problems)
+
+
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_an_unknown_management_room(tmp_path: Path, meowlnir: Any) -> None:
+    config = meowlnir.module_config(
+        base_url=meowlnir.base_url.replace(meowlnir.management_room, "!typo:example.org")
+    )
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    assert any("management room" in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("check_events", [False, True])
+def test_draupnir_with_its_documented_config(
+    tmp_path: Path, draupnir: Any, check_events: bool
+) -> None:
+    path = homeserver(tmp_path, draupnir.module_config(check_events=check_events))
+    result = cli("-c", str(path), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == EXIT_OK, result.stdout
+    assert report["ping"]["outcome"] == "ok"
+    for row in report["callbacks"]:
+        assert row["status"] == (
+            "allow" if row["callback"] in sent_callbacks() else "not_registered"
+        )
+        assert row["fail_open"] is True
+    assert draupnir.violations == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_draupnir_with_the_default_config_shows_its_unimplemented_callbacks(
+    tmp_path: Path, draupnir: Any
+) -> None:
+    config = {"base_url": draupnir.base_url, "authorization": draupnir.secret}
+    report = await check(homeserver(tmp_path, config))
+    for name in sent_callbacks():
+        served = name in draupnir.CALLBACKS
+        assert statuses(report)[name] == ("allow" if served else "not_implemented"), name
+    assert report.exit_code == EXIT_OK
+    assert any("enabled_callbacks: [" in w for w in report.warnings)
+    # The unserved callbacks hit Express's 404 page; every served request was clean.
+    assert [v for v in draupnir.violations if "Express's 404 page" not in v] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_draupnir_with_a_wrong_token(tmp_path: Path, draupnir: Any) -> None:
+    config = draupnir.module_config(authorization="wrong")
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    assert report.ping is not None and report.ping["outcome"] == "auth"
+    assert {r.failure for r in report.rows if r.status != "not_registered"} == {"auth"}
