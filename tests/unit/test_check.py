@@ -1,0 +1,599 @@
+"""`synapse-http-antispam check` against the real test antispam server.
+
+Most tests run the check in this process (`run_check`, the command minus argument parsing and
+printing); a few run the installed command as a real subprocess, as an admin would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
+from synapse_http_antispam.check import (
+    CHECK_HEADER,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_SERVER,
+    Options,
+    Report,
+    find_entries,
+    render_text,
+    run_check,
+    synapse_info,
+    synthetic_payload,
+)
+from synapse_http_antispam.config import parse_config
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
+
+yaml = pytest.importorskip("yaml")
+
+TOKEN = "check-token-123"
+INFO = synapse_info()
+# The door this Synapse has: `modules:` from 1.37, else only the legacy section.
+MODERN = INFO is None or INFO.modules is not None
+DRAUPNIR_SERVES = ("check_event_for_spam", "user_may_invite", "user_may_join_room")
+HTML_404 = Behaviour(
+    status=404,
+    body=b"<!DOCTYPE html><pre>Cannot POST /x</pre>",
+    headers={"Content-Type": "text/html; charset=utf-8"},
+)
+
+
+def sent_callbacks() -> list[str]:
+    """What this Synapse registers with the default config, through the door it has."""
+    if INFO is None:
+        return list(CALLBACKS)
+    registered = INFO.modules if INFO.modules is not None else INFO.spam_checker
+    return [n for n in CALLBACKS if n in registered]
+
+
+def door_section(module_config: dict[str, Any]) -> dict[str, Any]:
+    if MODERN:
+        return {
+            "modules": [{"module": "synapse_http_antispam.HTTPAntispam", "config": module_config}]
+        }
+    return {
+        "spam_checker": [
+            {"module": "synapse_http_antispam.LegacyHTTPAntispam", "config": module_config}
+        ]
+    }
+
+
+def write(path: Path, content: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def homeserver(tmp_path: Path, module_config: dict[str, Any], **extra: Any) -> Path:
+    content = {"server_name": "test.local", "report_stats": False, **door_section(module_config)}
+    content.update(extra)
+    return write(tmp_path / "homeserver.yaml", content)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "synapse_http_antispam", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def check(*paths: Path, probe: bool = True, network: bool = True) -> Report:
+    return await run_check(Options(tuple(map(str, paths)), probe=probe, network=network))
+
+
+def statuses(report: Report) -> dict[str, str]:
+    return {row.callback: row.status for row in report.rows}
+
+
+@pytest.fixture
+def server() -> Iterator[AntispamServer]:
+    with AntispamServer() as s:
+        yield s
+
+
+def draupnir_like(server: AntispamServer) -> None:
+    """Express with four routes: everything else is its default HTML 404."""
+    server.set(None, HTML_404)
+    for name in DRAUPNIR_SERVES:
+        server.set(name, Behaviour(status=200, body={}))
+    server.set("ping", lambda r: Behaviour(body={"id": r.json["id"], "status": "ok"}))
+
+
+# ---- the config, as Synapse reads it -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module_config, needle",
+    [
+        ({}, "base_url: missing"),
+        ({"base_url": "http://x", "enabled_callbacks": ["user_may_invtie"]}, "did you mean"),
+        ({"base_url": "http://x", "timout": 3}, "timout: unknown key"),
+    ],
+)
+def test_config_errors_are_printed_as_synapse_prints_them(
+    tmp_path: Path, module_config: dict[str, Any], needle: str
+) -> None:
+    path = homeserver(tmp_path, module_config)
+    result = cli("-c", str(path))
+    assert result.returncode == EXIT_CONFIG, result.stdout
+    assert needle in result.stdout
+    section = "modules" if MODERN else "spam_checker"
+    entry = door_section(module_config)[section][0]
+    assert f"Error in configuration at '{section}.<item 0>.config':" in result.stdout
+    synapse_errors = pytest.importorskip("synapse.util.module_loader")
+    from synapse.config._base import ConfigError
+
+    try:
+        from synapse.config._base import format_config_error
+    except ImportError:  # before it moved (Synapse 1.30-1.4x)
+        from synapse.app.homeserver import format_config_error
+
+    with pytest.raises(ConfigError) as raised:
+        synapse_errors.load_module(entry, (section, "<item 0>"))
+    assert "".join(format_config_error(raised.value)) in result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_legacy_section_as_a_single_mapping(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "hs.yaml",
+        {"spam_checker": {"module": "synapse_http_antispam.LegacyHTTPAntispam", "config": {}}},
+    )
+    report = await check(path)
+    assert report.exit_code == EXIT_CONFIG
+    [error] = report.config_errors
+    assert error.startswith("Error in configuration at 'spam_checker.config':\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_doors_is_a_configuration_problem(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    config = {"base_url": server.base_url}
+    path = write(
+        tmp_path / "hs.yaml",
+        {
+            "modules": [
+                {"module": "other.Module"},
+                {"module": "synapse_http_antispam.HTTPAntispam", "config": config},
+            ],
+            "spam_checker": [
+                {"module": "synapse_http_antispam.LegacyHTTPAntispam", "config": config}
+            ],
+        },
+    )
+    report = await check(path, network=False)
+    assert report.exit_code == EXIT_CONFIG
+    # (Before Synapse 1.37 there is one more: no `modules:` section at all.)
+    [problem] = [p for p in report.fatal if "configured twice" in p]
+    assert "under both `modules:` and `spam_checker:`" in problem
+    assert "sent to the antispam server twice" in problem
+    assert "modules.<item 1>" in problem and "spam_checker.<item 0>" in problem
+    assert "CONFIG ERROR" in render_text(report)
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_module_and_wrong_class(tmp_path: Path) -> None:
+    report = await check(write(tmp_path / "hs.yaml", {"server_name": "x"}))
+    assert report.exit_code == EXIT_CONFIG
+    assert "is not configured" in report.fatal[0]
+    config = {"base_url": "http://127.0.0.1:9"}
+    wrong = {"modules": [{"module": "synapse_http_antispam.LegacyHTTPAntispam", "config": config}]}
+    report = await check(write(tmp_path / "hs.yaml", wrong), network=False)
+    assert report.exit_code == EXIT_CONFIG
+    assert "registers no callbacks" in report.fatal[0]
+
+
+def test_find_entries_ignores_other_modules() -> None:
+    entries = find_entries(
+        {
+            "modules": [{"module": "synapse_http_antispam_extra.X"}, {"module": 3}, "junk"],
+            "spam_checker": {"module": "synapse_http_antispam.LegacyHTTPAntispam"},
+        }
+    )
+    assert [e.where for e in entries] == ["spam_checker"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_config_files_merge_like_synapse(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Later files replace earlier top-level keys; a directory gives its *.yaml, sorted."""
+    dead = {"base_url": f"http://127.0.0.1:{free_port()}"}
+    live = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
+    first = write(tmp_path / "homeserver.yaml", {"server_name": "x", **door_section(dead)})
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    write(conf_d / "10-dead.yaml", door_section(dead))
+    write(conf_d / "20-antispam.yaml", door_section(live))
+    (conf_d / "README").write_text("not yaml")
+    report = await check(first, conf_d)
+    assert report.files == [
+        str(first),
+        str(conf_d / "10-dead.yaml"),
+        str(conf_d / "20-antispam.yaml"),
+    ]
+    assert any("README" in note for note in report.notes)
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert report.base_url == server.base_url
+    assert statuses(report)["user_may_invite"] == "allow"
+
+
+# ---- what the installed Synapse registers -----------------------------------------------------
+
+
+def test_door_callbacks_come_from_the_installed_synapse() -> None:
+    pytest.importorskip("synapse")
+    from tests.support.synapse import real_spam_checker_keywords
+
+    assert INFO is not None
+    keywords = real_spam_checker_keywords()
+    if keywords is None:
+        assert INFO.modules is None
+        assert INFO.spam_checker <= set(LEGACY_NAMES)
+    else:
+        assert INFO.modules == set(keywords) & set(CALLBACKS)
+        assert INFO.spam_checker == set(LEGACY_NAMES) & set(keywords)
+    assert INFO.return_forms
+
+
+# ---- the antispam server, as the module talks to it -------------------------------------------
+
+
+def test_everything_served_exits_0_and_marks_its_requests(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    server.set("user_may_invite", reject("M_FORBIDDEN", "no."))
+    path = homeserver(
+        tmp_path, {"base_url": server.base_url, "authorization_path": str(token_file)}
+    )
+    result = cli("-c", str(path))
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    assert result.stdout.rstrip().splitlines()[-1].startswith("OK:")
+    assert 'reject M_FORBIDDEN "no." (HTTP 403)' in result.stdout
+    names = [r.callback for r in server.requests]
+    assert names == ["ping", *sent_callbacks()]
+    for request in server.requests:
+        assert request.headers[CHECK_HEADER.lower()] == "synthetic"
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        assert request.headers["user-agent"].startswith("synapse-http-antispam/")
+        assert request.headers["x-request-id"]
+    for request in server.requests[1:]:
+        text = json.dumps(request.json)
+        assert "synapse-http-antispam-check" in text
+        assert "example.org" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_draupnir_style_server_with_its_documented_config(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    draupnir_like(server)
+    config = {
+        "base_url": server.base_url,
+        "authorization": TOKEN,
+        "enabled_callbacks": list(DRAUPNIR_SERVES),
+        "fail_open": dict.fromkeys(DRAUPNIR_SERVES, True),
+        "async": {"check_event_for_spam": True},
+        "do_ping": True,
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert report.ping is not None and report.ping["outcome"] == "ok"
+    for name in DRAUPNIR_SERVES:
+        if name in sent_callbacks():
+            assert statuses(report)[name] == "allow"
+    text = render_text(report)
+    assert "fail open, async" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_draupnir_style_server_with_the_default_config_shows_what_it_lacks(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    draupnir_like(server)
+    report = await check(homeserver(tmp_path, {"base_url": server.base_url}))
+    lacking = [n for n in sent_callbacks() if n not in DRAUPNIR_SERVES]
+    assert lacking
+    for name in lacking:
+        assert statuses(report)[name] == "not_implemented"
+    # Default config: the module allows those unchecked; a warning with the list to set.
+    assert report.exit_code == EXIT_OK
+    [warning] = [w for w in report.warnings if "no endpoint" in w]
+    served = [n for n in sent_callbacks() if n in DRAUPNIR_SERVES]
+    assert f"enabled_callbacks: [{', '.join(served)}]" in warning
+    assert "NOT IMPLEMENTED" in render_text(report)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_explicitly_enabled_callback_without_endpoint_is_a_problem(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    draupnir_like(server)
+    config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_create_room"]}
+    report = await check(homeserver(tmp_path, config))
+    assert statuses(report) == {"user_may_create_room": "not_implemented"}
+    assert report.exit_code == EXIT_SERVER
+    assert "enabled_callbacks names it" in report.problems[0]
+
+
+def test_a_wrong_token_is_an_auth_problem(tmp_path: Path, server: AntispamServer) -> None:
+    def auth(recorded: Any) -> Behaviour:
+        if recorded.headers.get("authorization") != f"Bearer {TOKEN}":
+            return Behaviour(status=401, body=b"Missing access token")
+        return Behaviour(body={})
+
+    server.set(None, auth)
+    config = {
+        "base_url": server.base_url,
+        "authorization": "wrong",
+        "enabled_callbacks": ["user_may_invite"],
+    }
+    result = cli("-c", str(homeserver(tmp_path, config)), "--json")
+    assert result.returncode == EXIT_SERVER, result.stdout
+    report = json.loads(result.stdout)
+    assert report["ping"]["outcome"] == "auth"
+    [row] = report["callbacks"]
+    assert (row["status"], row["failure"], row["http_status"]) == ("failure", "auth", 401)
+    assert any("authorization" in p for p in report["problems"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_server(tmp_path: Path) -> None:
+    config = {"base_url": f"http://127.0.0.1:{free_port()}", "timeout": 2}
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    assert report.ping is not None and report.ping["outcome"] == "connect"
+    assert {r.failure for r in report.rows if r.status != "not_registered"} == {"connect"}
+    # One problem for all the callbacks failing the same way, plus the ping.
+    assert len(report.problems) == 2
+    assert "is the server running" in report.problems[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_server(tmp_path: Path, server: AntispamServer) -> None:
+    server.set("user_may_invite", Behaviour(delay=1.5))
+    server.set("user_may_create_room", Behaviour(delay=0.7))
+    config = {
+        "base_url": server.base_url,
+        "timeout": 1,
+        "enabled_callbacks": ["user_may_invite", "user_may_create_room"],
+    }
+    report = await check(homeserver(tmp_path, config))
+    rows = {r.callback: r for r in report.rows}
+    assert rows["user_may_invite"].failure == "timeout"
+    assert rows["user_may_invite"].answer == "FAILED: no answer within 1 s"
+    if "user_may_create_room" in rows:
+        assert rows["user_may_create_room"].status == "allow"
+        assert rows["user_may_create_room"].slow
+        assert any("more than half" in w for w in report.warnings)
+    assert report.exit_code == EXIT_SERVER
+    assert "SLOW" in render_text(report)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_404_with_an_errcode_means_a_wrong_base_url(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Meowlnir's answer for a management room it does not know."""
+    server.set(
+        "user_may_invite",
+        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", 404),
+    )
+    config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
+    report = await check(homeserver(tmp_path, config))
+    assert statuses(report) == {"user_may_invite": "reject"}
+    assert report.exit_code == EXIT_SERVER
+    assert "management room" in report.problems[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_with_the_configured_ca_file(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = __import__("ssl").SSLContext(__import__("ssl").PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with AntispamServer(tls=context) as tls_server:
+        config = {"base_url": tls_server.base_url, "enabled_callbacks": ["user_may_invite"]}
+        untrusted = await check(homeserver(tmp_path, config))
+        assert untrusted.exit_code == EXIT_SERVER
+        report = await check(homeserver(tmp_path, {**config, "ca_file": str(ca_file)}))
+        assert report.exit_code == EXIT_OK, render_text(report)
+
+
+def test_no_probe_and_offline(tmp_path: Path, server: AntispamServer) -> None:
+    path = homeserver(tmp_path, {"base_url": server.base_url})
+    result = cli("-c", str(path), "--no-probe")
+    assert result.returncode == EXIT_OK, result.stdout
+    assert [r.callback for r in server.requests] == ["ping"]
+    assert "not probed" in result.stdout
+    server.clear()
+    result = cli("-c", str(path), "--offline", "--json")
+    assert result.returncode == EXIT_OK
+    assert server.requests == []
+    assert json.loads(result.stdout)["ping"] is None
+
+
+def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
+    server.set("user_may_invite", reject("M_FORBIDDEN", "no."))
+    config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
+    result = cli("-c", str(homeserver(tmp_path, config)), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == report["exit_code"] == EXIT_OK
+    assert report["ok"] is True
+    assert set(report) >= {
+        "config_files",
+        "entries",
+        "checked_entry",
+        "config_errors",
+        "synapse",
+        "base_url",
+        "ping",
+        "callbacks",
+        "fatal",
+        "problems",
+        "warnings",
+    }
+    assert report["ping"]["outcome"] == "ok"
+    [row] = report["callbacks"]
+    assert row["callback"] == "user_may_invite"
+    assert (row["status"], row["served"], row["errcode"], row["message"]) == (
+        "reject",
+        True,
+        "M_FORBIDDEN",
+        "no.",
+    )
+    assert row["timeout"] == 5.0 and row["fail_open"] is False and row["async"] is False
+
+
+def test_usage_errors() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "synapse_http_antispam"], capture_output=True, text=True
+    )
+    assert result.returncode == EXIT_CONFIG
+    assert "check" in result.stderr
+    assert cli().returncode == EXIT_CONFIG  # -c is required
+
+
+# ---- synthetic payloads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CALLBACKS))
+@pytest_twisted.ensureDeferred
+async def test_every_callback_has_a_synthetic_request(name: str) -> None:
+    """Built by the catalogue's own builder, serialisable, obviously fake."""
+    payload = await synthetic_payload(name, parse_config({"base_url": "http://x"}), 1)
+    text = json.dumps(payload)
+    assert "synapse-http-antispam-check" in text or name == "check_media_file_for_spam"
+    if "event" in payload:
+        event = payload["event"]
+        # What Draupnir's and Meowlnir's schemas insist on.
+        assert event["event_id"].startswith("$")
+        assert isinstance(event["origin_server_ts"], int)
+        assert isinstance(event["unsigned"]["age"], int)
+        assert {"type", "sender", "room_id", "content"} <= set(event)
+
+
+# ---- behind the peer models of Meowlnir and Draupnir ------------------------------------------
+
+
+@pytest.fixture
+def meowlnir() -> Iterator[Any]:
+    from tests.support.peers import MeowlnirModel
+
+    with MeowlnirModel(secret="meow-secret") as model:
+        yield model
+
+
+@pytest.fixture
+def draupnir() -> Iterator[Any]:
+    from tests.support.peers import DraupnirModel
+
+    with DraupnirModel(secret="draupnir-secret") as model:
+        yield model
+
+
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_its_documented_config(tmp_path: Path, meowlnir: Any) -> None:
+    report = await check(homeserver(tmp_path, meowlnir.module_config()))
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert report.ping is not None and report.ping["outcome"] == "ok"
+    expected = {n: "allow" for n in ("user_may_invite", "user_may_join_room")}
+    expected.update({n: "not_registered" for n in expected if n not in sent_callbacks()})
+    assert statuses(report) == expected
+    assert meowlnir.violations == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_the_default_config_answers_everything(
+    tmp_path: Path, meowlnir: Any
+) -> None:
+    """Meowlnir answers 200 {} for callbacks it does not know: all served, nothing to warn."""
+    config = {"base_url": meowlnir.base_url, "authorization": meowlnir.secret}
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert {statuses(report)[n] for n in sent_callbacks()} == {"allow"}
+    assert not report.warnings
+    assert meowlnir.violations == []
+
+
+@pytest.mark.parametrize("legacy_auth", [False, True], ids=["v0.7", "v0.6"])
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_a_wrong_secret(
+    tmp_path: Path, meowlnir: Any, legacy_auth: bool
+) -> None:
+    meowlnir.legacy_auth = legacy_auth
+    config = meowlnir.module_config(authorization="not-the-secret")
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    row = {r.callback: r for r in report.rows}["user_may_invite"]
+    if legacy_auth:  # v0.6.0 and older: 500 M_UNKNOWN "Invalid antispam secret"
+        assert (row.failure, row.http_status) == ("http_status", 500)
+    else:
+        assert (row.failure, row.http_status) == ("auth", 401)
+        assert any("authorization" in p for p in report.problems)
+
+
+@pytest_twisted.ensureDeferred
+async def test_meowlnir_with_an_unknown_management_room(tmp_path: Path, meowlnir: Any) -> None:
+    config = meowlnir.module_config(
+        base_url=meowlnir.base_url.replace(meowlnir.management_room, "!typo:example.org")
+    )
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    assert any("management room" in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("check_events", [False, True])
+def test_draupnir_with_its_documented_config(
+    tmp_path: Path, draupnir: Any, check_events: bool
+) -> None:
+    path = homeserver(tmp_path, draupnir.module_config(check_events=check_events))
+    result = cli("-c", str(path), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == EXIT_OK, result.stdout
+    assert report["ping"]["outcome"] == "ok"
+    for row in report["callbacks"]:
+        assert row["status"] == (
+            "allow" if row["callback"] in sent_callbacks() else "not_registered"
+        )
+        assert row["fail_open"] is True
+    assert draupnir.violations == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_draupnir_with_the_default_config_shows_its_unimplemented_callbacks(
+    tmp_path: Path, draupnir: Any
+) -> None:
+    config = {"base_url": draupnir.base_url, "authorization": draupnir.secret}
+    report = await check(homeserver(tmp_path, config))
+    for name in sent_callbacks():
+        served = name in draupnir.CALLBACKS
+        assert statuses(report)[name] == ("allow" if served else "not_implemented"), name
+    assert report.exit_code == EXIT_OK
+    assert any("enabled_callbacks: [" in w for w in report.warnings)
+    # The unserved callbacks hit Express's 404 page; every served request was clean.
+    assert [v for v in draupnir.violations if "Express's 404 page" not in v] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_draupnir_with_a_wrong_token(tmp_path: Path, draupnir: Any) -> None:
+    config = draupnir.module_config(authorization="wrong")
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    assert report.ping is not None and report.ping["outcome"] == "auth"
+    assert {r.failure for r in report.rows if r.status != "not_registered"} == {"auth"}
