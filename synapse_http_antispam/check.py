@@ -38,7 +38,6 @@ from synapse_http_antispam import __version__
 from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
 from synapse_http_antispam.config import BreakerConfig, Config, parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.forwarder import _public_url as public_url
 from synapse_http_antispam.synapse_compat import (
     ConfigError,
     describe,
@@ -808,7 +807,7 @@ async def run_check(options: Options, reactor: Any = None) -> Report:
     if options.network:
         await probe(report, config, options, reactor)
     else:
-        report.base_url = public_url(config.base_url)
+        report.base_url = config.base_url
         report.rows += [
             row_for(n, config, None, "not_probed", "not sent (--offline)")
             for n in report.door_callbacks or []

@@ -173,6 +173,9 @@ def _base_url(raw: Any) -> str:
         raise _fail("base_url", f"expected an http:// or https:// URL, got {url!r}")
     if parts.query or parts.fragment:
         raise _fail("base_url", "must not contain a query string or fragment")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL would be logged with it, and are never sent: use a token.
+        raise _fail("base_url", "must not contain a user name or password; use authorization")
     return url.rstrip("/")
 
 

@@ -25,7 +25,6 @@ import string
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any, Callable, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from zope.interface import implementer
@@ -413,17 +412,6 @@ class PingResult:
         return self.outcome not in _NO_ANSWER
 
 
-def _public_url(url: str) -> str:
-    """The base URL as it may appear in logs: without any user:password part."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class Forwarder:
     # How long a callback the antispam server has no endpoint for is not sent, before one more
     # try (so that a server upgrade is picked up without restarting Synapse).
@@ -470,7 +458,7 @@ class Forwarder:
         for header, value in (extra_headers or {}).items():
             headers[header] = [value]
         self._headers = headers
-        self.url = _public_url(config.base_url)
+        self.url = config.base_url  # free of credentials: the config refuses them
         self._limiter = Limiter(config.max_concurrency, config.max_pending)
         self.breaker = Breaker(
             config.breaker, reactor, self._observer, probe=self._probe, describe=self.url

@@ -93,6 +93,7 @@ def test_unknown_key_with_did_you_mean() -> None:
         ({**BASE, "circuit_breaker": {"failure_rate": True}}, "circuit_breaker.failure_rate"),
         ({**BASE, "circuit_breaker": {"treshold": 3}}, "circuit_breaker.treshold"),
         ({**BASE, "authorization": 123}, "authorization"),
+        ({**BASE, "base_url": "http://user:pw@127.0.0.1:8080/x"}, "base_url"),
         ({**BASE, "media_content_max_bytes": 10**6}, "media_content_max_bytes"),
         ("not a mapping", "config"),
     ],
