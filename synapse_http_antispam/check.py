@@ -41,6 +41,7 @@ from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.synapse_compat import (
     ConfigError,
     describe,
+    installed_register_function,
     registrable_callbacks,
     sniff,
     synapse_version_string,
@@ -258,31 +259,13 @@ class SynapseInfo:
     spam_checker: frozenset[str]
 
 
-def _register_function() -> Any:
-    """Synapse's register_spam_checker_callbacks as a plain function, or None before 1.37.
-
-    1.37-1.47 expose it as a property returning SpamChecker.register_callbacks, so the keyword
-    list is read from there.
-    """
-    from synapse.module_api import ModuleApi
-
-    if not hasattr(ModuleApi, "register_spam_checker_callbacks"):
-        return None
-    real = inspect.getattr_static(ModuleApi, "register_spam_checker_callbacks")
-    if not inspect.isfunction(real):
-        from synapse.events.spamcheck import SpamChecker
-
-        real = SpamChecker.register_callbacks
-    return real
-
-
 def synapse_info() -> SynapseInfo | None:
     """What the Synapse in this Python would register; None where Synapse is not importable."""
     try:
         import synapse.module_api  # noqa: F401
     except ImportError:
         return None
-    register = _register_function()
+    register = installed_register_function()
     if register is None:
         # Before 1.37 the legacy SpamChecker calls the methods it has, unconditionally.
         from synapse.events.spamcheck import SpamChecker

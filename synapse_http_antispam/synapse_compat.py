@@ -150,6 +150,25 @@ def registrable_callbacks(api: Any) -> frozenset[str]:
     )
 
 
+def installed_register_function() -> Any:
+    """The installed Synapse's register_spam_checker_callbacks as a plain function (for
+    `registrable_callbacks` without a running homeserver), or None before 1.37.
+
+    1.37-1.47 expose it as a property returning SpamChecker.register_callbacks, so the
+    keywords are read from there.
+    """
+    from synapse.module_api import ModuleApi
+
+    if not hasattr(ModuleApi, "register_spam_checker_callbacks"):
+        return None
+    real = inspect.getattr_static(ModuleApi, "register_spam_checker_callbacks")
+    if not inspect.isfunction(real):
+        from synapse.events.spamcheck import SpamChecker
+
+        real = SpamChecker.register_callbacks
+    return real
+
+
 def _code(caps: Capabilities, errcode: str) -> tuple[Any, bool]:
     """The Codes member for errcode, and whether it is the errcode itself (not a stand-in)."""
     try:

@@ -382,20 +382,13 @@ def register_via_api(base_url: str, localpart: str, password: str = "password") 
 
 
 def real_spam_checker_keywords() -> list[str] | None:
-    """The keywords the installed Synapse's register_spam_checker_callbacks accepts.
-
-    None before 1.37 (no `modules:`). 1.37-1.47 expose the method as a property returning
-    SpamChecker.register_callbacks, so the list is read from there.
-    """
+    """The keywords the installed Synapse's register_spam_checker_callbacks accepts (None
+    before 1.37, which has no `modules:`), read independently of the module's own sniffing."""
     import inspect
 
-    from synapse.module_api import ModuleApi
+    from synapse_http_antispam.synapse_compat import installed_register_function
 
-    if not hasattr(ModuleApi, "register_spam_checker_callbacks"):
+    real = installed_register_function()
+    if real is None:
         return None
-    real = inspect.getattr_static(ModuleApi, "register_spam_checker_callbacks")
-    if not inspect.isfunction(real):
-        from synapse.events.spamcheck import SpamChecker
-
-        real = SpamChecker.register_callbacks
     return [p for p in inspect.signature(real).parameters if p != "self"]
