@@ -10,7 +10,7 @@ from tests.integration.conftest import VERSION
 from tests.support.synapse import real_spam_checker_keywords
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-LINES = ("1.30", "1.37", "1.59", "1.62", "1.87", "1.99", "1.134")
+LINES = ("1.25", "1.30", "1.37", "1.59", "1.62", "1.87", "1.99", "1.124", "1.134")
 
 
 def readme_row() -> list[str]:
