@@ -1,7 +1,7 @@
 """Forward Synapse's spam-checker callbacks to an HTTP antispam server.
 
 `HTTPAntispam` goes under `modules:` (Synapse 1.37+); `LegacyHTTPAntispam` under the old
-`spam_checker:` section (tested from Synapse 1.30).
+`spam_checker:` section (tested from Synapse 1.25).
 """
 
 __version__ = "1.0.0.dev0"

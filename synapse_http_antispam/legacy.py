@@ -1,7 +1,7 @@
 """The legacy door: `synapse_http_antispam.LegacyHTTPAntispam` under `spam_checker:`.
 
-Tested from Synapse 1.30 (it cannot work before 1.25, the first release that awaits legacy
-methods) to the newest, which still bridges the section onto the modern callbacks. The methods
+Tested from Synapse 1.25 (the first release that awaits legacy methods; it cannot work
+before) to the newest, which still bridges the section onto the modern callbacks. The methods
 are generated from the catalogue; their return values follow the running release, falling back
 to the deprecated bool/str meanings where that is all it understands.
 """

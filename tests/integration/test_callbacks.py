@@ -210,7 +210,9 @@ def world(request: pytest.FixtureRequest, antispam: AntispamServer, boot: BootSy
 
 def supported(door: str, callback: str) -> bool:
     if door == "spam_checker":
-        return callback in LEGACY  # every legacy method exists on every supported release
+        if callback == "check_media_file_for_spam":
+            return VERSION >= (1, 28, 0)  # Synapse has no media check before 1.28
+        return callback in LEGACY  # the others exist on every supported release (1.25+)
     if not HAS_MODULES:
         return False
     return VERSION[:2] >= MODERN_SINCE[callback]

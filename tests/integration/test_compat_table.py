@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 from synapse_http_antispam.catalogue import CALLBACKS
 from tests.integration.conftest import VERSION
 from tests.support.synapse import real_spam_checker_keywords
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-LINES = ("1.30", "1.37", "1.59", "1.62", "1.87", "1.99", "1.134")
+LINES = ("1.25", "1.30", "1.37", "1.59", "1.62", "1.87", "1.99", "1.124", "1.134")
 
 
 def readme_row() -> list[str]:
@@ -36,3 +39,11 @@ def test_readme_states_what_this_release_registers() -> None:
     # Every callback the row names as added is really registered on this release.
     for name in re.findall(r"`([a-z_]+)`", cells[2]):
         assert name in registered, name
+
+
+def test_this_environment_runs_the_release_it_is_named_for() -> None:
+    """tox env synapse-X.Y really runs Synapse X.Y (not a newer one pulled in by an extra)."""
+    match = re.fullmatch(r"synapse-(\d+)\.(\d+)", os.environ.get("TOX_ENV_NAME", ""))
+    if match is None:
+        pytest.skip("not a tox environment for one Synapse release line")
+    assert VERSION[:2] == (int(match[1]), int(match[2]))

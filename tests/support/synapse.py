@@ -43,7 +43,7 @@ def _relaxed(per_second: float = 1000, burst: int = 1000) -> dict[str, Any]:
 def base_config(
     workdir: Path, port: int, metrics_port: int, server_name: str = SERVER_NAME
 ) -> dict[str, Any]:
-    """A homeserver.yaml every release from 1.30 to the newest accepts (unknown keys ignored)."""
+    """A homeserver.yaml every release from 1.25 to the newest accepts (unknown keys ignored)."""
     limits = _relaxed()
     return {
         "server_name": server_name,
