@@ -70,31 +70,26 @@ def make_callback(
     """An async function with exactly the parameters Synapse expects for `spec`.
 
     Synapse counts a callback's parameters to pick a call variant (room_config, requester_id,
-    the 4-argument registration check), and names it in its metrics by __qualname__, so both
-    are set explicitly. With method=True the function is a method of the legacy class.
+    the 4-argument registration check), and names it in its metrics by __qualname__. The
+    parameters are real ones, compiled from the catalogue's names: a `__signature__` attribute
+    would not do, because Synapse 1.125+ wraps legacy methods with functools.wraps, which
+    copies that attribute (self included) onto its wrapper and so miscounts. With method=True
+    the function is a method of the legacy class.
     """
-    params = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in spec.params
-    ] + [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
-        for name in spec.optional
-    ]
-    signature = inspect.Signature(params)
+    params = [*spec.params, *(f"{name}=None" for name in spec.optional)]
+    owner_arg = "self" if method else "None"
+    arguments = ", ".join(f"{name!r}: {name}" for name in spec.all_params)
+    source = (
+        f"async def {spec.name}({', '.join(['self', *params] if method else params)}):\n"
+        f"    return await _answer({owner_arg}, {{{arguments}}})\n"
+    )
 
-    async def callback(*args: Any, **kwargs: Any) -> Any:
-        owner_obj = args[0] if method else None
-        call_args = args[1:] if method else args
-        bound = signature.bind(*call_args, **kwargs)
-        bound.apply_defaults()
-        return await dispatcher_of(owner_obj).answer(spec, bound.arguments)
+    async def answer(owner_obj: Any, call_args: Mapping[str, Any]) -> Any:
+        return await dispatcher_of(owner_obj).answer(spec, call_args)
 
-    if method:
-        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        signature_shown = signature.replace(parameters=[self_param, *params])
-    else:
-        signature_shown = signature
-    callback.__signature__ = signature_shown  # type: ignore[attr-defined]
-    callback.__name__ = spec.name
+    namespace: dict[str, Any] = {"_answer": answer}
+    exec(source, namespace)  # the names are the catalogue's identifiers, never config input
+    callback: Callable[..., Any] = namespace[spec.name]
     callback.__qualname__ = f"{owner}.{spec.name}"
     callback.__module__ = "synapse_http_antispam"
     callback.__doc__ = spec.summary

@@ -6,6 +6,8 @@ Synapse); HTTP is real, against the local antispam server.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,3 +210,27 @@ async def test_legacy_door_methods(server: AntispamServer) -> None:
     # The legacy 3-argument registration call (Synapse 1.25-1.29) still works.
     value = await checker.check_registration_for_spam(None, "u", [])  # type: ignore[attr-defined]
     assert value.name == "ALLOW"
+
+
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("check_username_for_spam", 2),  # 2: Synapse 1.122+ passes requester_id
+        ("check_registration_for_spam", 4),  # 3 or 4, else Synapse refuses to start
+        ("user_may_invite", 3),
+    ],
+)
+def test_legacy_methods_keep_their_parameters_through_synapses_wrapper(
+    name: str, count: int
+) -> None:
+    """Synapse 1.125+ bridges legacy methods through `functools.wraps(bound_method)` and then
+    counts the wrapper's parameters; the count must be the method's own, self excluded."""
+    checker = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config({"base_url": "http://x"}))
+    bound = getattr(checker, name)
+
+    @functools.wraps(bound)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return bound(*args, **kwargs)
+
+    assert len(inspect.signature(run).parameters) == count
+    assert len(inspect.signature(bound).parameters) == count
