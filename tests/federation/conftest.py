@@ -14,16 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import DOORS
 from tests.support.antispam_server import AntispamServer
 from tests.support.federation import SyncWatcher, federating_server, join_remote
 from tests.support.synapse import Client, SynapseServer, synapse_version
 
 TOKEN = "federation-secret-token"
 VERSION = synapse_version()
-DOORS = {
-    "modules": "synapse_http_antispam.HTTPAntispam",
-    "spam_checker": "synapse_http_antispam.LegacyHTTPAntispam",
-}
 
 
 def skip_reason() -> str | None:
@@ -60,20 +57,6 @@ class Pair:
         status, body = join_remote(self.alice, room_id, self.remote.server_name)
         assert status == 200, body
         return room_id
-
-
-@pytest.fixture(scope="module")
-def antispam() -> Iterator[AntispamServer]:
-    with AntispamServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_antispam(request: pytest.FixtureRequest) -> None:
-    if "antispam" in request.fixturenames:
-        server: AntispamServer = request.getfixturevalue("antispam")
-        server.reset_behaviours()
-        server.clear()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.support.antispam_server import AntispamServer
 from tests.support.synapse import SynapseServer, synapse_version
 
 TOKEN = "integration-secret-token"
@@ -31,20 +30,6 @@ def door_config(door: str, config: dict[str, Any]) -> dict[str, Any]:
         return {"modules": entry}
     # Synapse before 1.14 took only a single mapping; every supported release takes a list.
     return {"spam_checker": entry}
-
-
-@pytest.fixture(scope="module")
-def antispam() -> Iterator[AntispamServer]:
-    with AntispamServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_antispam(request: pytest.FixtureRequest) -> None:
-    if "antispam" in request.fixturenames:
-        server: AntispamServer = request.getfixturevalue("antispam")
-        server.reset_behaviours()
-        server.clear()
 
 
 BootSynapse = Callable[..., SynapseServer]
