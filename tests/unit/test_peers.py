@@ -747,11 +747,11 @@ def test_real_synapse_events_are_clean_for_both(meow: MeowlnirModel, draup: Drau
             "content": {"membership": "invite"},
             "unsigned": {"invite_room_state": invite_event()["unsigned"]["invite_room_state"]},
         },
-        versions.RoomVersions.V10,
+        versions.RoomVersions.V6,  # the newest room version Synapse 1.25 knows
     )
     message = events.make_event_from_dict(
         {**base, "type": "m.room.message", "sender": "@spam:evil.test", "content": {"body": "x"}},
-        versions.RoomVersions.V10,
+        versions.RoomVersions.V6,  # the newest room version Synapse 1.25 knows
     )
     meow.banned_users.add("@spam:evil.test")
     reply = meow_call(
