@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import socket
 import ssl
 import threading
@@ -274,7 +275,31 @@ class AntispamServer:
         return Handler
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(part) for part in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port for a process that binds it later (a Synapse listener).
+
+    Drawn at random from below the kernel's ephemeral range: a port the kernel handed out for
+    `bind(0)` or an outgoing connection (test servers, HTTP clients, the other tox environments
+    running in parallel) can be taken again before the later bind, which then fails with
+    "Address already in use". Nothing but this function picks ports down there.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 16384), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tests.support.antispam_server import AntispamServer, Behaviour, Recorded
+from tests.support.antispam_server import AntispamServer, Behaviour, Recorded, free_port
 from tests.support.synapse import Client, SynapseServer
 
 HTML_404 = b"<!DOCTYPE html>\n<html><body><pre>Cannot POST /x</pre></body></html>\n"
@@ -68,7 +68,8 @@ class ChaosServer:
         self.down = False
         # (callback, kind) -> answers given
         self.answers: Counter[tuple[str, str]] = Counter()
-        self._server = self._new_server(0)
+        # A port outside the ephemeral range, so no one else takes it during an outage.
+        self._server = self._new_server(free_port())
         self._gone: list[AntispamServer] = []  # stopped during outages, answers still held
         self.port = int(self._server.base_url.rsplit(":", 1)[1])
 
