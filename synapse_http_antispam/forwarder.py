@@ -367,7 +367,7 @@ class Breaker:
         self._observer.breaker_probed(answered)
         if self._opened_at is None:
             return  # a real call closed it meanwhile
-        if answered:  # pragma: no cover - the answered probe's own exchange closed it
+        if answered:  # (the forwarder's own probe has closed it already, through reachable)
             self._close("answered a probe")
             return
         self._probes_failed += 1
