@@ -48,14 +48,12 @@ def test_soak_under_chaos_with_outages(chaos: ChaosServer, boot: BootSynapse) ->
     for action, slowest in report.slowest.items():
         assert slowest <= CHECKS_PER_ACTION[action] * TIMEOUT + MARGIN, (action, slowest)
     # A flaky server is not a dead one: the breaker opened for the outages only (two during
-    # the run, one at the end), and the server itself decided most room creations.
+    # the run, one at the end), and stayed open no longer than they lasted plus the recovery
+    # bound each; the rest of the time every call was the server's to decide.
     assert 1 <= report.breaker_opened <= 3
-    decided = sum(
-        n
-        for (callback, kind), n in chaos.answers.items()
-        if callback == "user_may_create_room" and kind in ("allow", "reject")
+    assert report.breaker_open_seconds <= (
+        report.outage_seconds + report.breaker_opened * RECOVERY_BOUND + MARGIN
     )
-    assert decided >= 0.35 * report.by_action["create_room"], decided
     assert report.log_errors == []
     assert report.rss_end - report.rss_start < 100 * 2**20
     assert report.mismatches == []

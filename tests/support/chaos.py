@@ -66,6 +66,7 @@ class ChaosServer:
         self._lock = threading.Lock()
         self.healthy = False
         self.down = False
+        self.down_for = 0.0
         # (callback, kind) -> answers given
         self.answers: Counter[tuple[str, str]] = Counter()
         # A port outside the ephemeral range, so no one else takes it during an outage.
@@ -102,6 +103,7 @@ class ChaosServer:
 
     def outage(self, seconds: float) -> None:
         """Refuse connections for `seconds`, then listen on the same port again."""
+        self.down_for += seconds
         with self._lock:
             self.down = True
         self._server.stop(release=False)
@@ -150,6 +152,8 @@ class SoakReport:
     rss_start: int = 0
     rss_end: int = 0
     breaker_opened: float = 0.0
+    breaker_open_seconds: float = 0.0  # summed from the module's "closed ... after Ns open"
+    outage_seconds: float = 0.0  # how long the server refused connections, all told
     breaker_open_at_end: bool = False
     recovery: float | None = None  # seconds from "healthy" to a checked, allowed room creation
     mismatches: list[str] = field(default_factory=list)
@@ -167,7 +171,9 @@ class SoakReport:
             )
         lines += [
             f"Synapse RSS {self.rss_start / 2**20:.0f} MiB -> {self.rss_end / 2**20:.0f} MiB",
-            f"breaker opened {self.breaker_opened:.0f} times",
+            f"breaker opened {self.breaker_opened:.0f} times, open "
+            f"{self.breaker_open_seconds:.1f}s in all; the server was down "
+            f"{self.outage_seconds:.1f}s",
             f"recovery after the server turned healthy: {self.recovery}s",
             f"metric mismatches: {self.mismatches or 'none'}",
             f"errors in Synapse's log: {len(self.log_errors)}",
@@ -300,10 +306,13 @@ def soak(
                 f"{' '.join(key)}: server gave {given} such answers, module counted "
                 f"{counts[key]:g}"
             )
+    log = synapse.log_text()
+    report.outage_seconds = chaos.down_for
+    report.breaker_open_seconds = sum(
+        float(m) for m in re.findall(r"Circuit breaker closed: .* after ([0-9.]+)s open", log)
+    )
     report.log_errors = [
-        line
-        for line in synapse.log_text().splitlines()
-        if re.search(r" - (ERROR|CRITICAL) - |Traceback", line)
+        line for line in log.splitlines() if re.search(r" - (ERROR|CRITICAL) - |Traceback", line)
     ]
     return report
 
