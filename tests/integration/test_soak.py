@@ -58,4 +58,7 @@ def test_soak_under_chaos_with_outages(chaos: ChaosServer, boot: BootSynapse) ->
     assert report.rss_end - report.rss_start < 100 * 2**20
     assert report.mismatches == []
     assert report.breaker_open_at_end
+    # While open, nobody's action was spent finding out: background probes were, and one of
+    # them found the server back (the metrics say so).
+    assert report.probes.get("answered", 0) >= 1
     assert report.recovery is not None and report.recovery <= RECOVERY_BOUND + MARGIN

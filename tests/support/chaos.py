@@ -153,6 +153,7 @@ class SoakReport:
     rss_end: int = 0
     breaker_opened: float = 0.0
     breaker_open_seconds: float = 0.0  # summed from the module's "closed ... after Ns open"
+    probes: dict[str, float] = field(default_factory=dict)  # result -> background probes
     outage_seconds: float = 0.0  # how long the server refused connections, all told
     breaker_open_at_end: bool = False
     recovery: float | None = None  # seconds from "healthy" to a checked, allowed room creation
@@ -173,7 +174,7 @@ class SoakReport:
             f"Synapse RSS {self.rss_start / 2**20:.0f} MiB -> {self.rss_end / 2**20:.0f} MiB",
             f"breaker opened {self.breaker_opened:.0f} times, open "
             f"{self.breaker_open_seconds:.1f}s in all; the server was down "
-            f"{self.outage_seconds:.1f}s",
+            f"{self.outage_seconds:.1f}s; background probes: {self.probes}",
             f"recovery after the server turned healthy: {self.recovery}s",
             f"metric mismatches: {self.mismatches or 'none'}",
             f"errors in Synapse's log: {len(self.log_errors)}",
@@ -295,6 +296,12 @@ def soak(
         for k, v in _samples(text, "synapse_http_antispam_circuit_breaker_changes_total").items()
         if 'state="open"' in k
     )
+    report.probes = {
+        re.sub(r'.*result="([^"]*)".*', r"\1", labels): value
+        for labels, value in _samples(
+            text, "synapse_http_antispam_circuit_breaker_probes_total"
+        ).items()
+    }
     counts = module_counts(text)
     expected: Counter[tuple[str, str, str, str]] = Counter()
     for (callback, kind), given in chaos.answers.items():
