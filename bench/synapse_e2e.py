@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.antispam_server import free_port  # noqa: E402
-from tests.support.synapse import Client, SynapseServer  # noqa: E402
+from tests.support.synapse import Client, SynapseServer, metric  # noqa: E402
 
 WORK = ROOT / "bench" / "_work"
 UPSTREAM_VERSION = "0.5.1"
@@ -176,17 +176,6 @@ def measure(synapse: SynapseServer, args: argparse.Namespace) -> tuple[dict[str,
         "msgs_per_s": rate,
     }
     return figures, sent
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
-    total = 0.0
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*?)\}})? (\S+)$", re.MULTILINE)
-    for match in pattern.finditer(text):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match[2])
-    return total
 
 
 def verify(config: Config, synapse: SynapseServer, sent: int) -> str:

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from tests.support.antispam_server import AntispamServer, Behaviour, Recorded, free_port
-from tests.support.synapse import Client, SynapseServer
+from tests.support.synapse import Client, SynapseServer, metric
 
+PREFIX = "synapse_http_antispam"
+BREAKER_OPEN = f"{PREFIX}_circuit_breaker_open"
 HTML_404 = b"<!DOCTYPE html>\n<html><body><pre>Cannot POST /x</pre></body></html>\n"
 
 # Answer kinds: (weight, behaviour). Half the weight is "allow" and "reject".
@@ -123,22 +125,6 @@ def rss_bytes(pid: int) -> int:
         match = re.search(r"VmRSS:\s+(\d+) kB", f.read())
     assert match
     return int(match[1]) * 1024
-
-
-def module_counts(metrics_text: str) -> Counter[tuple[str, str, str, str]]:
-    """(family, callback, label, value) -> count, from Synapse's metrics page."""
-    counts: Counter[tuple[str, str, str, str]] = Counter()
-    for family, label in (("decisions", "outcome"), ("failures", "reason")):
-        name = f"synapse_http_antispam_{family}_total"
-        for labels, value in _samples(metrics_text, name).items():
-            found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            counts[(family, found["callback"], label, found[label])] += value
-    return counts
-
-
-def metric_value(metrics_text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", metrics_text, re.MULTILINE)
-    return float(match[1]) if match else 0.0
 
 
 @dataclass
@@ -270,14 +256,10 @@ def soak(
     chaos.healthy = True
     down = threading.Thread(target=chaos.outage, args=(final_outage or outage_for + 2,))
     down.start()
-    while down.is_alive() and not metric_value(
-        synapse.metrics(), "synapse_http_antispam_circuit_breaker_open"
-    ):
+    while down.is_alive() and not metric(synapse.metrics(), BREAKER_OPEN):
         users[0].create_room(name="during the outage")
         time.sleep(0.05)
-    report.breaker_open_at_end = bool(
-        metric_value(synapse.metrics(), "synapse_http_antispam_circuit_breaker_open")
-    )
+    report.breaker_open_at_end = bool(metric(synapse.metrics(), BREAKER_OPEN))
     down.join()
     healthy_at = time.monotonic()
     seen = len(chaos.requests_for("user_may_create_room"))
@@ -291,27 +273,21 @@ def soak(
     time.sleep(0.5)  # let background work settle before reading the counters
     text = synapse.metrics()
     report.rss_end = rss_bytes(synapse.process.pid)
-    report.breaker_opened = sum(
-        v
-        for k, v in _samples(text, "synapse_http_antispam_circuit_breaker_changes_total").items()
-        if 'state="open"' in k
-    )
+    report.breaker_opened = metric(text, f"{PREFIX}_circuit_breaker_changes_total", state="open")
     report.probes = {
-        re.sub(r'.*result="([^"]*)".*', r"\1", labels): value
-        for labels, value in _samples(
-            text, "synapse_http_antispam_circuit_breaker_probes_total"
-        ).items()
+        result: metric(text, f"{PREFIX}_circuit_breaker_probes_total", result=result)
+        for result in ("answered", "unanswered")
     }
-    counts = module_counts(text)
     expected: Counter[tuple[str, str, str, str]] = Counter()
     for (callback, kind), given in chaos.answers.items():
         if kind in ACCOUNTED:
             expected[(ACCOUNTED[kind][0], callback, *ACCOUNTED[kind][1:])] += given
-    for key, given in sorted(expected.items()):
-        if counts[key] != given:
+    for (family, callback, label, value), given in sorted(expected.items()):
+        counted = metric(text, f"{PREFIX}_{family}_total", callback=callback, **{label: value})
+        if counted != given:
             report.mismatches.append(
-                f"{' '.join(key)}: server gave {given} such answers, module counted "
-                f"{counts[key]:g}"
+                f"{family} {callback} {label}={value}: server gave {given} such answers, "
+                f"module counted {counted:g}"
             )
     log = synapse.log_text()
     report.outage_seconds = chaos.down_for
@@ -322,10 +298,3 @@ def soak(
         line for line in log.splitlines() if re.search(r" - (ERROR|CRITICAL) - |Traceback", line)
     ]
     return report
-
-
-def _samples(text: str, name: str) -> dict[str, float]:
-    found = {}
-    for match in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}}) ([0-9.e+-]+)$", text, re.M):
-        found[match[1]] = float(match[2])
-    return found

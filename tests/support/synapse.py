@@ -269,6 +269,17 @@ def scrape_metrics(port: int) -> str:
         return str(response.read().decode())
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
+    total = 0.0
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*?)\}})? (\S+)$", re.MULTILINE)
+    for match in pattern.finditer(text):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match[2])
+    return total
+
+
 def request(
     method: str,
     url: str,
