@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import inspect
 from collections.abc import Awaitable, Mapping
 from typing import Any, Callable
 
@@ -69,6 +70,14 @@ class Callback:
     @property
     def all_params(self) -> tuple[str, ...]:
         return self.params + self.optional
+
+    async def payload(self, args: Mapping[str, Any], options: PayloadOptions) -> Payload:
+        """The JSON body for one call, whether the builder is pure or reads a file."""
+        payload = self.build(args, options)
+        if inspect.isawaitable(payload):
+            payload = await payload
+        assert isinstance(payload, dict)
+        return payload
 
 
 _CLIENT_EVENT_DROP_KEYS = (

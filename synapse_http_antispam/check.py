@@ -19,7 +19,6 @@ would load the module wrongly: twice, through both doors, or the wrong class).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import attrs
 from twisted.internet import defer, task
 
 from synapse_http_antispam import __version__
-from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
+from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES, NAMES
 from synapse_http_antispam.config import BreakerConfig, Config, parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.synapse_compat import (
@@ -389,11 +388,7 @@ def fake_arguments(name: str, now_ms: int = 0) -> dict[str, Any]:
 
 async def synthetic_payload(name: str, config: Config, now_ms: int = 0) -> dict[str, Any]:
     """The JSON body the module would send for `name`, built by the catalogue's own builder."""
-    payload = CALLBACKS[name].build(fake_arguments(name, now_ms), config.payload_options)
-    if inspect.isawaitable(payload):
-        payload = await payload
-    assert isinstance(payload, dict)
-    return payload
+    return await CALLBACKS[name].payload(fake_arguments(name, now_ms), config.payload_options)
 
 
 # ---- judging the answers ----------------------------------------------------------------------
@@ -779,7 +774,11 @@ async def probe(report: Report, config: Config, options: Options, reactor: Any =
             rows = [row_for(n, config, v) for n, v in zip(names, verdicts)]
     finally:
         await forwarder.close()
-    report.rows = sorted([*report.rows, *rows], key=lambda r: list(CALLBACKS).index(r.callback))
+    report.rows = in_catalogue_order([*report.rows, *rows])
+
+
+def in_catalogue_order(rows: Sequence[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: NAMES.index(r.callback))
 
 
 async def run_check(options: Options, reactor: Any = None) -> Report:
@@ -791,11 +790,15 @@ async def run_check(options: Options, reactor: Any = None) -> Report:
         await probe(report, config, options, reactor)
     else:
         report.base_url = config.base_url
-        report.rows += [
-            row_for(n, config, None, "not_probed", "not sent (--offline)")
-            for n in report.door_callbacks or []
-        ]
-        report.rows.sort(key=lambda r: list(CALLBACKS).index(r.callback))
+        report.rows = in_catalogue_order(
+            [
+                *report.rows,
+                *(
+                    row_for(n, config, None, "not_probed", "not sent (--offline)")
+                    for n in report.door_callbacks or []
+                ),
+            ]
+        )
     problems, warnings = judge(
         config, config.enabled_callbacks is not None, report.ping, report.rows
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -49,13 +48,10 @@ class Dispatcher:
             # Not even built: the media check would read the whole file for nothing.
             return self.forwarder.skip_unimplemented(name)
         try:
-            payload = spec.build(args, self._options)
-            if inspect.isawaitable(payload):
-                payload = await payload
+            payload = await spec.payload(args, self._options)
         except Exception:
             logger.exception("Antispam %s: could not build the request", name)
             return failed(Failure.INTERNAL, self.config.fails_open(name))
-        assert isinstance(payload, dict)
         if name in self.config.background:
             with outside_log_context():
                 return self.forwarder.background(name, spec.kind, payload)
