@@ -395,6 +395,7 @@ async def synthetic_payload(name: str, config: Config, now_ms: int = 0) -> dict[
 
 _FAILURE_TEXT: Mapping[Failure, str] = {
     Failure.CONNECT: "could not connect",
+    Failure.TLS: "TLS failed (certificate not trusted, wrong host name, or handshake)",
     Failure.TIMEOUT: "no answer in time",
     Failure.HTTP_STATUS: "server error",
     Failure.AUTH: "credentials refused",
@@ -403,6 +404,7 @@ _FAILURE_TEXT: Mapping[Failure, str] = {
     Failure.REQUEST_TOO_LARGE: "request over max_request_bytes",
     Failure.OVERLOADED: "too many calls waiting",
     Failure.BREAKER_OPEN: "circuit breaker open",
+    Failure.NO_ANTISPAM_SERVER: "no antispam server: this and ping are 'no such endpoint'",
     Failure.INTERNAL: "failed inside the module",
 }
 

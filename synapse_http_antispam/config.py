@@ -17,6 +17,7 @@ import attrs
 
 from synapse_http_antispam.catalogue import CALLBACKS, NAMES, PayloadOptions
 from synapse_http_antispam.synapse_compat import ConfigError
+from synapse_http_antispam.wire import load_ca_certificates
 
 T = TypeVar("T")
 
@@ -61,6 +62,13 @@ class Config:
     breaker: BreakerConfig = BreakerConfig()
     ca_file: str | None = None
     media_content_max_bytes: int = 0
+    # A short name for this instance in logs and metrics; base_url when not set.
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs (`[label]`) and metrics (`server="label"`) name this module instance."""
+        return self.name or self.base_url
 
     def is_enabled(self, name: str) -> bool:
         return self.enabled_callbacks is None or name in self.enabled_callbacks
@@ -94,6 +102,7 @@ KEYS = (
     "circuit_breaker",
     "ca_file",
     "media_content_max_bytes",
+    "name",
 )
 BREAKER_KEYS = ("failure_threshold", "failure_rate", "window", "probe_interval")
 
@@ -182,8 +191,15 @@ def _base_url(raw: Any) -> str:
 def _token(raw: Mapping[str, Any]) -> str | None:
     inline = raw.get("authorization")
     if inline is not None:
+        if not isinstance(inline, str):
+            # Never echo the value: it is the secret (YAML reads an unquoted 1234 as a number).
+            raise _fail(
+                "authorization",
+                f"expected a string, got {_a(type(inline).__name__)}: put the secret in quotes "
+                '(authorization: "...") or use authorization_path',
+            )
         # Sent byte for byte as written, as 0.5.x did: servers compare it exactly.
-        token = _typed("authorization", inline, str, "a string")
+        token = inline
     elif raw.get("authorization_path") is not None:
         path = _typed("authorization_path", raw["authorization_path"], str, "a file path")
         try:
@@ -200,6 +216,20 @@ def _token(raw: Mapping[str, Any]) -> str | None:
     if any(c in token for c in "\r\n\0"):
         raise _fail("authorization", "must not contain line breaks")
     return token or None
+
+
+def _a(type_name: str) -> str:
+    names = {"int": "a number", "float": "a number", "bool": "true or false", "NoneType": "null"}
+    return names.get(type_name, f"a {type_name}")
+
+
+def _name(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    name = _typed("name", raw, str, "a string").strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise _fail("name", f"expected 1 to 64 printable characters, got {raw!r}")
+    return name
 
 
 def _enabled(raw: Any) -> frozenset[str] | None:
@@ -242,10 +272,11 @@ def _ca_file(raw: Any) -> str | None:
         return None
     path = _typed("ca_file", raw, str, "a file path")
     try:
-        with open(path, "rb"):
-            pass
+        load_ca_certificates(path)
     except OSError as e:
         raise _fail("ca_file", f"cannot read {path!r}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise _fail("ca_file", f"{path!r} {e}") from None
     return path
 
 
@@ -288,6 +319,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
             raw.get("media_content_max_bytes", default.media_content_max_bytes),
             0,
         ),
+        name=_name(raw.get("name")),
     )
     # Base64 grows content by 4/3; leave room for the metadata around it.
     needed = config.media_content_max_bytes * 4 // 3 + 4096

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from synapse_http_antispam import __version__
-from synapse_http_antispam.catalogue import Callback
+from synapse_http_antispam.catalogue import CALLBACKS, Callback
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import PrometheusObserver
@@ -31,8 +31,12 @@ class Dispatcher:
             config,
             user_agent=f"synapse-http-antispam/{__version__} Synapse/{synapse_version_string()}",
             instance=instance,
-            observer=PrometheusObserver(),
+            observer=PrometheusObserver(
+                config.label,
+                {name: config.timeout_for(name) for name in CALLBACKS if config.is_enabled(name)},
+            ),
         )
+        self.log = self.forwarder.log
         self._options = config.payload_options
 
     async def answer(self, spec: Callback, args: Mapping[str, Any]) -> Any:
@@ -50,7 +54,7 @@ class Dispatcher:
         try:
             payload = await spec.payload(args, self._options)
         except Exception:
-            logger.exception("Antispam %s: could not build the request", name)
+            self.log.exception("Antispam %s: could not build the request", name)
             return failed(Failure.INTERNAL, self.config.fails_open(name))
         if name in self.config.background:
             with outside_log_context():

@@ -26,12 +26,22 @@ class LegacyHTTPAntispam:
         if not isinstance(config, Config):
             config = parse_config(config)
         self._dispatcher = Dispatcher(config, sniff(), instance_name(api))
-        if registrable_callbacks(api):
+        accepted = registrable_callbacks(api)
+        if accepted:
             # Synapse 1.37+ registers only the methods it finds, so hide disabled ones. Older
             # releases call the core methods unconditionally; there they simply allow.
             for name in LEGACY_NAMES:
                 if not config.is_enabled(name):
                     setattr(self, name, None)
+        # Named but not carried: say so, as the modules: door does, or an admin believes a
+        # check is on that never runs (user_may_join_room has no spam_checker: method).
+        for name in sorted(config.enabled_callbacks or ()):
+            if name not in LEGACY_NAMES or (accepted and name not in accepted):
+                self._dispatcher.log.warning(
+                    "Callback %s cannot be carried by the spam_checker: door on this Synapse "
+                    "release; skipped (list the module under modules: to use it)",
+                    name,
+                )
         if config.do_ping:
             self._dispatcher.forwarder.start_ping()
 

@@ -1,15 +1,46 @@
-"""Prometheus metrics, on Synapse's own metrics listener.
+"""Where the core's outcomes go besides the log: Prometheus metrics, on Synapse's listener.
 
 Synapse serves prometheus_client's default registry, so metrics registered here appear next to
-Synapse's. They are created once per process (a second module instance shares them), and the
-module works without prometheus_client installed.
+Synapse's. The families are created once per process and shared by every module instance; each
+instance writes its own series, told apart by the `server` label (the instance's `name`, else
+its `base_url`), so their number stays bounded by the number of `modules:` entries. The module
+works without prometheus_client installed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from synapse_http_antispam.verdict import Verdict
+
+
+class Observer(Protocol):
+    def decided(self, callback: str, verdict: Verdict) -> None: ...
+    def in_flight(self, delta: int) -> None: ...
+    def breaker_changed(self, is_open: bool, why: str) -> None: ...
+    def breaker_probed(self, answered: bool) -> None: ...
+    def background_dropped(self, callback: str) -> None: ...
+
+
+class NullObserver:
+    """For the core outside Synapse (`check`, tests, benchmarks): outcomes go nowhere."""
+
+    def decided(self, callback: str, verdict: Verdict) -> None:
+        pass
+
+    def in_flight(self, delta: int) -> None:
+        pass
+
+    def breaker_changed(self, is_open: bool, why: str) -> None:
+        pass
+
+    def breaker_probed(self, answered: bool) -> None:
+        pass
+
+    def background_dropped(self, callback: str) -> None:
+        pass
+
 
 _METRICS: dict[str, Any] | None = None
 
@@ -28,68 +59,85 @@ def _create() -> dict[str, Any] | None:
             f"{prefix}_decisions_total",
             "Spam-checker decisions by callback and outcome (allowed, rejected, failed_open, "
             "failed_closed, background, not_implemented)",
-            ["callback", "outcome"],
+            ["server", "callback", "outcome"],
         ),
         "failures": Counter(
             f"{prefix}_failures_total",
             "Calls the antispam server did not answer usably, by callback and reason",
-            ["callback", "reason"],
+            ["server", "callback", "reason"],
         ),
         "duration": Histogram(
             f"{prefix}_request_duration_seconds",
             "Time from callback to verdict, by callback",
-            ["callback"],
+            ["server", "callback"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         ),
-        "in_flight": Gauge(f"{prefix}_requests_in_flight", "Requests to the antispam server now"),
+        "in_flight": Gauge(
+            f"{prefix}_requests_in_flight", "Requests to the antispam server now", ["server"]
+        ),
         "breaker": Gauge(
-            f"{prefix}_circuit_breaker_open", "1 while the circuit breaker is open, else 0"
+            f"{prefix}_circuit_breaker_open",
+            "1 while the circuit breaker is open, else 0",
+            ["server"],
         ),
         "breaker_changes": Counter(
             f"{prefix}_circuit_breaker_changes_total",
             "Circuit breaker openings (why: connect, timeout) and closings (why: answered)",
-            ["state", "why"],
+            ["server", "state", "why"],
         ),
         "probes": Counter(
             f"{prefix}_circuit_breaker_probes_total",
             "Background probes of the antispam server while the breaker is open, by result "
             "(answered: the server is back; unanswered: it is still down)",
-            ["result"],
+            ["server", "result"],
         ),
         "dropped": Counter(
             f"{prefix}_background_dropped_total",
             "Background (async) checks dropped because max_background were running",
-            ["callback"],
+            ["server", "callback"],
+        ),
+        "timeout": Gauge(
+            f"{prefix}_timeout_seconds",
+            "The configured deadline of each enabled callback (to compare latency against)",
+            ["server", "callback"],
         ),
     }
     return _METRICS
 
 
 class PrometheusObserver:
-    def __init__(self) -> None:
+    def __init__(self, server: str, timeouts: Mapping[str, float] | None = None) -> None:
         self._m = _create()
+        self._server = server
+        if self._m is not None:
+            for callback, seconds in (timeouts or {}).items():
+                self._m["timeout"].labels(server, callback).set(seconds)
+            self._m["breaker"].labels(server).set(0)
+            self._m["in_flight"].labels(server)
 
     def decided(self, callback: str, verdict: Verdict) -> None:
         if self._m is None:
             return
-        self._m["decisions"].labels(callback, verdict.outcome.value).inc()
+        self._m["decisions"].labels(self._server, callback, verdict.outcome.value).inc()
         if verdict.failure is not None:
-            self._m["failures"].labels(callback, verdict.failure.value).inc()
-        self._m["duration"].labels(callback).observe(verdict.seconds)
+            self._m["failures"].labels(self._server, callback, verdict.failure.value).inc()
+        self._m["duration"].labels(self._server, callback).observe(verdict.seconds)
 
     def in_flight(self, delta: int) -> None:
         if self._m is not None:
-            self._m["in_flight"].inc(delta)
+            self._m["in_flight"].labels(self._server).inc(delta)
 
     def breaker_changed(self, is_open: bool, why: str) -> None:
         if self._m is not None:
-            self._m["breaker"].set(1 if is_open else 0)
-            self._m["breaker_changes"].labels("open" if is_open else "closed", why).inc()
+            self._m["breaker"].labels(self._server).set(1 if is_open else 0)
+            state = "open" if is_open else "closed"
+            self._m["breaker_changes"].labels(self._server, state, why).inc()
 
     def breaker_probed(self, answered: bool) -> None:
         if self._m is not None:
-            self._m["probes"].labels("answered" if answered else "unanswered").inc()
+            result = "answered" if answered else "unanswered"
+            self._m["probes"].labels(self._server, result).inc()
 
     def background_dropped(self, callback: str) -> None:
         if self._m is not None:
-            self._m["dropped"].labels(callback).inc()
+            self._m["dropped"].labels(self._server, callback).inc()

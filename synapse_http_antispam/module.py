@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -15,8 +14,6 @@ from synapse_http_antispam.synapse_compat import (
     registrable_callbacks,
     sniff,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class HTTPAntispam:
@@ -38,7 +35,7 @@ class HTTPAntispam:
             if spec.name not in accepted:
                 # Registering it would kill Synapse at startup; say so only if it was asked for.
                 if config.enabled_callbacks is not None:
-                    logger.warning(
+                    self._dispatcher.log.warning(
                         "Callback %s is not supported by this Synapse release; skipped", spec.name
                     )
                 continue
@@ -46,7 +43,7 @@ class HTTPAntispam:
                 lambda _: self._dispatcher, spec, type(self).__name__, method=False
             )
         api.register_spam_checker_callbacks(**callbacks)
-        logger.info(
+        self._dispatcher.log.info(
             "synapse-http-antispam forwarding to %s: %s",
             config.base_url,
             describe(self._dispatcher.caps, callbacks),

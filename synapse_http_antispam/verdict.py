@@ -24,6 +24,7 @@ class Failure(enum.Enum):
     """Why the antispam server gave no usable answer (a metrics label and a log word)."""
 
     CONNECT = "connect"
+    TLS = "tls"  # the connection was made but the certificate or handshake failed
     TIMEOUT = "timeout"
     HTTP_STATUS = "http_status"
     AUTH = "auth"  # 401 or 407: the antispam server refused the module's credentials
@@ -32,6 +33,9 @@ class Failure(enum.Enum):
     REQUEST_TOO_LARGE = "request_too_large"
     OVERLOADED = "overloaded"
     BREAKER_OPEN = "breaker_open"
+    # A framework's "no such route" for the callback and for `ping` alike: base_url reaches
+    # something (a proxy, another service, a wrong path) that is not the antispam server.
+    NO_ANTISPAM_SERVER = "no_antispam_server"
     INTERNAL = "internal"
 
 
@@ -39,6 +43,7 @@ class Failure(enum.Enum):
 # antispam server and says what went wrong, without URLs, tokens or internals.
 FAILURE_MESSAGES: Mapping[Failure, str] = {
     Failure.CONNECT: "The antispam server could not be reached",
+    Failure.TLS: "The antispam server could not be reached securely",
     Failure.TIMEOUT: "The antispam server did not answer in time",
     Failure.HTTP_STATUS: "The antispam server failed to process the request",
     Failure.AUTH: "The antispam server refused this homeserver's credentials",
@@ -47,6 +52,7 @@ FAILURE_MESSAGES: Mapping[Failure, str] = {
     Failure.REQUEST_TOO_LARGE: "The request is too large for the antispam server",
     Failure.OVERLOADED: "The antispam server is overloaded",
     Failure.BREAKER_OPEN: "The antispam server is unavailable",
+    Failure.NO_ANTISPAM_SERVER: "The antispam server could not be found",
     Failure.INTERNAL: "The antispam check failed",
 }
 
@@ -58,6 +64,18 @@ SESSION_ENDING_ERRCODES = frozenset(
 # Extra fields that would make clients act on the session, or crash Synapse's error builder
 # (`cs_error(msg, code, **fields)` takes `msg` and `code` positionally).
 DROPPED_FIELDS = frozenset({"soft_logout", "msg", "code", "errcode", "error"})
+
+
+class CallFailed(Exception):
+    """Raised inside the core when a call gets no usable answer; it never leaves the core:
+    `Forwarder.check` turns it into a failure verdict under the callback's policy."""
+
+    def __init__(self, failure: Failure, status: int | None = None, detail: str = "") -> None:
+        super().__init__(failure.value)
+        self.failure = failure
+        self.status = status
+        # The server's own words where it gave some (an error text), for logs and `check`.
+        self.detail = detail
 
 
 @attrs.frozen
@@ -73,6 +91,8 @@ class Verdict:
     request_id: str | None = None
     http_status: int | None = None
     seconds: float = 0.0
+    # For failures with an HTTP answer: the server's `error` text, shortened (logs, `check`).
+    detail: str = ""
 
     @property
     def allowed(self) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from twisted.internet import defer, task
 
 from synapse_http_antispam.config import BreakerConfig
-from synapse_http_antispam.forwarder import Breaker, Limiter, NullObserver, _Fail
-from synapse_http_antispam.verdict import Failure
+from synapse_http_antispam.guards import Breaker, Limiter
+from synapse_http_antispam.metrics import NullObserver
+from synapse_http_antispam.verdict import CallFailed, Failure
 
 
 class Probe:
@@ -137,7 +138,7 @@ def test_limiter_queues_up_to_the_bound_then_refuses() -> None:
     refused = defer.ensureDeferred(limiter.acquire())
     failure = refused.result
     refused.addErrback(lambda _: None)
-    assert isinstance(failure.value, _Fail) and failure.value.failure is Failure.OVERLOADED
+    assert isinstance(failure.value, CallFailed) and failure.value.failure is Failure.OVERLOADED
     limiter.release()
     assert waiter.called and limiter.active == 2
     limiter.release()

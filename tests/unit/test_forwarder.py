@@ -17,7 +17,8 @@ from twisted.internet import defer, reactor, task
 
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
-from synapse_http_antispam.forwarder import Forwarder, NullObserver
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.metrics import NullObserver
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, free_port, reject
 
@@ -141,11 +142,11 @@ async def test_4xx_without_errcode_defaults_to_forbidden(
         (Behaviour(status=403, body=b"\xff\xfe{not utf-8"), Failure.BAD_RESPONSE),
         (Behaviour(status=403, body=[1]), Failure.BAD_RESPONSE),
         (Behaviour(never_respond=True), Failure.TIMEOUT),
-        (Behaviour(stall_body=True, body={"x": 1}), Failure.TIMEOUT),
-        (Behaviour(endless_body=True), Failure.TOO_LARGE),
+        (Behaviour(status=403, stall_body=True, body={"x": 1}), Failure.TIMEOUT),
+        (Behaviour(status=403, endless_body=True), Failure.TOO_LARGE),
         (Behaviour(status=403, body=b"x" * 10_000_000), Failure.TOO_LARGE),
         (Behaviour(close_before_response=True), Failure.CONNECT),
-        (Behaviour(close_mid_body=True, body={"pad": "x" * 1000}), Failure.CONNECT),
+        (Behaviour(status=403, close_mid_body=True, body={"pad": "x" * 1000}), Failure.CONNECT),
     ],
     ids=[
         "500-json",
@@ -196,6 +197,26 @@ async def test_connection_refused() -> None:
         assert "connect" not in (verdict.message or "").lower().replace("could not be reached", "")
     finally:
         await f.close()
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        Behaviour(stall_body=True, body={"x": 1}),
+        Behaviour(endless_body=True),
+        Behaviour(body=b"x" * 10_000_000),
+        Behaviour(close_mid_body=True, body={"pad": "x" * 1000}),
+    ],
+    ids=["headers-then-stall", "endless-body", "10MB-body", "closed-mid-body"],
+)
+@pytest_twisted.ensureDeferred
+async def test_any_2xx_allows_whatever_its_body_does(
+    server: AntispamServer, fwd: Forwarder, behaviour: Behaviour
+) -> None:
+    """The README's rule: a 2xx allows. A body nobody needs cannot turn it into a failure."""
+    server.set(None, behaviour)
+    verdict = await check(fwd)
+    assert (verdict.outcome, verdict.failure) == (Outcome.ALLOWED, None)
 
 
 @pytest_twisted.ensureDeferred
@@ -324,7 +345,7 @@ async def test_no_endpoint_is_asked_again_later_so_an_upgrade_is_picked_up(
 ) -> None:
     server.set("user_may_invite", NO_ENDPOINT["express-404-html"])
     f = make(server.base_url)
-    f.UNIMPLEMENTED_RECHECK = 0.3
+    f.endpoints.RECHECK = 0.3
     try:
         assert (await check(f)).outcome is Outcome.NOT_IMPLEMENTED
         server.set("user_may_invite", reject("M_FORBIDDEN", "now served"))
@@ -465,8 +486,12 @@ async def test_ping_retries_until_the_server_answers(
             await until(lambda: any("Successfully" in r.getMessage() for r in caplog.records))
         [line] = [r.getMessage() for r in caplog.records if "Successfully" in r.getMessage()]
         [_, answered] = server.requests_for("ping")
-        # 0.5.x's wording, which antispam servers' docs tell admins to look for.
-        assert line == f"Successfully pinged antispam server with request ID {answered.json['id']}"
+        # 0.5.x's wording, which antispam servers' docs tell admins to look for, after the
+        # instance's name (its base_url), which every line of the module starts with.
+        assert line == (
+            f"[{server.base_url}] Successfully pinged antispam server with request ID "
+            f"{answered.json['id']}"
+        )
         assert len(server.requests_for("ping")) == 2
     finally:
         await f.close()
@@ -504,7 +529,7 @@ async def test_https_with_a_ca_file_and_not_without(tmp_path: Any) -> None:
         try:
             assert server.base_url.startswith("https://")
             assert (await check(trusted)).outcome is Outcome.ALLOWED
-            assert (await check(untrusted)).failure is Failure.CONNECT
+            assert (await check(untrusted)).failure is Failure.TLS
             assert len(server.requests) == 1
         finally:
             await trusted.close()

@@ -76,7 +76,8 @@ def test_asked_for_but_unknown_to_this_synapse_is_skipped_with_one_warning(
     assert set(api.registered) == {"user_may_invite"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
-        "Callback user_may_send_state_event is not supported by this Synapse release; skipped"
+        f"[{config()['base_url']}] Callback user_may_send_state_event is not supported by this "
+        "Synapse release; skipped"
     ]
 
 

@@ -1,0 +1,332 @@
+"""One HTTP exchange with the antispam server, bounded in everything the server sends back.
+
+It knows nothing of callbacks or verdicts: some bytes are POSTed to a URL over a persistent
+connection pool, and what comes back is an `Answer` (status, a capped prefix of the body,
+whether that was all of it), or a `CallFailed` saying why nothing usable came back. Every byte
+from the server is untrusted: the status line and headers are capped in bytes and lines (the
+connection is dropped the moment a cap is passed), the body is read only when the caller needs
+it and never past `max_response_bytes`, and redirects are never followed, so the bearer token
+stays with its host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import attrs
+from zope.interface import implementer
+
+from treq.client import HTTPClient
+from twisted.internet import defer, error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure as TwistedFailure
+from twisted.web import client
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+
+from synapse_http_antispam.catalogue import json_default
+from synapse_http_antispam.verdict import CallFailed, Failure
+
+logger = logging.getLogger(__name__)
+
+# Status line plus headers (1xx interim answers included): far above any real antispam
+# server's answer, far below what would hurt Synapse. In the spirit of mature HTTP clients
+# (h11 and Go's net/http allow 16 KiB and 1 MiB of headers; nginx 32 KiB for a large header).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_LINES = 100
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s.+?\s-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as 0.5.x sent it (servers may hash or log the exact bytes)."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=json_default)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: let JSON escape them instead
+        return json.dumps(payload, separators=(",", ":"), default=json_default).encode("ascii")
+
+
+@attrs.frozen
+class Answer:
+    """What the server sent back: `body` is all of it only when `complete` is true."""
+
+    status: int
+    body: bytes = b""
+    complete: bool = True
+    content_type: str = ""
+    # For a body nobody needs: fires (with None) once it has been read away, cut at the cap,
+    # or broken off; cancelling it drops the connection. Waiting for it keeps the connection
+    # reusable; its outcome changes nothing about the answer.
+    rest: Deferred[Any] | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def json_declared(self) -> bool:
+        return "json" in self.content_type.lower()
+
+
+def load_ca_certificates(path: str) -> list[Any]:
+    """Every certificate in a PEM file (a bundle or a chain), parsed; raises ValueError when
+    the file holds none or one that does not parse, so that config validation can say so."""
+    from twisted.internet import ssl
+
+    with open(path, "rb") as f:
+        blocks = _PEM_CERTIFICATE.findall(f.read())
+    if not blocks:
+        raise ValueError("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    certificates = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            certificates.append(ssl.Certificate.loadPEM(block))
+        except Exception:
+            raise ValueError(f"certificate number {number} in the file is not valid") from None
+    return certificates
+
+
+def _trust_policy(ca_file: str | None) -> Any:
+    if ca_file is None:
+        return client.BrowserLikePolicyForHTTPS()
+    from twisted.internet import ssl
+
+    root = ssl.trustRootFromCertificates(load_ca_certificates(ca_file))
+    return client.BrowserLikePolicyForHTTPS(trustRoot=root)
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """Writes the whole body at once (treq's default producer trickles it via a cooperator)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _CappedHeadersProtocol(HTTP11ClientProtocol):
+    """Twisted's HTTP/1.1 client, but the status line and headers of an answer (with any 1xx
+    answers before it) may not pass MAX_HEADER_BYTES or MAX_HEADER_LINES: Twisted itself
+    bounds only the length of one line, not how many lines come."""
+
+    _header_bytes = 0
+    _header_lines = 0
+    _in_headers = False
+    _too_large = False
+
+    def request(self, request: Any) -> Deferred[Any]:
+        self._header_bytes = self._header_lines = 0
+        self._in_headers, self._too_large = True, False
+        d: Deferred[Any] = super().request(request)
+
+        def name_the_cause(failure: TwistedFailure) -> Any:
+            if self._too_large:
+                raise CallFailed(Failure.TOO_LARGE)
+            return failure
+
+        return d.addErrback(name_the_cause)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        if not self._in_headers:
+            return
+        parser = self._parser
+        if parser is None or parser.state not in (STATUS, HEADER):
+            self._in_headers = False  # the body has begun (or the answer is complete)
+            return
+        self._header_bytes += len(data)
+        self._header_lines += data.count(b"\n")
+        if self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADER_LINES:
+            self._too_large, self._in_headers = True, False
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _CappedHeadersFactory(client._HTTP11ClientFactory):
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _CappedHeadersProtocol(self._quiescentCallback)  # type: ignore[no-untyped-call]
+
+
+class _Pool(client.HTTPConnectionPool):
+    """A pool of header-capped connections that remembers whether the last connection it
+    gave out was reused: Twisted only retries idempotent methods on a stale pooled
+    connection, and our POSTs are safe to resend exactly when the connection was reused and
+    died before any response byte."""
+
+    _factory = _CappedHeadersFactory
+    retryAutomatically = False
+    reused = False
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor, persistent=True)  # type: ignore[no-untyped-call]
+
+    def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
+        self.reused = True
+        return super().getConnection(key, endpoint)
+
+    def _newConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
+        self.reused = False
+        return super()._newConnection(key, endpoint)  # type: ignore[no-any-return,unused-ignore]
+
+
+class _CappedBody(TwistedProtocol):
+    """Collects at most `limit` bytes of a body, then drops the connection: the result is
+    (the first bytes, whether that was the whole body)."""
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        self.finished: Deferred[tuple[bytes, bool]] = Deferred(lambda _: self.abort())
+        self._limit = limit
+        self._declared = declared
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def abort(self) -> None:
+        # For a response body, the transport is a producer: stopping it drops the connection.
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def _cut(self) -> None:
+        if not self.finished.called:
+            self.finished.callback((b"".join(self._chunks)[: self._limit], False))
+        self._chunks.clear()
+        self.abort()
+
+    def connectionMade(self) -> None:
+        if self._declared is not None and self._declared > self._limit:
+            self._cut()  # announced too large: not one byte of it is read
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self._size += len(data)
+        self._chunks.append(data)
+        if self._size > self._limit:
+            self._cut()
+
+    def connectionLost(self, reason: TwistedFailure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.finished.called:
+            return
+        if reason.check(client.ResponseDone, PotentialDataLoss):
+            self.finished.callback((b"".join(self._chunks), True))
+        else:
+            self.finished.errback(CallFailed(Failure.CONNECT))
+
+
+def _read_body(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
+    declared = None if response.length is UNKNOWN_LENGTH else int(response.length)
+    reader = _CappedBody(limit, declared)
+    response.deliverBody(reader)
+    return reader.finished
+
+
+def _tls_trouble(reasons: list[TwistedFailure]) -> bool:
+    """Whether a failed connection failed in TLS (certificate, host name, handshake)."""
+    return any(
+        r.type is not None and r.type.__module__.split(".")[0] in ("OpenSSL", "service_identity")
+        for r in reasons
+    )
+
+
+class Wire:
+    """POSTs to `<base_url>/<name>` over one connection pool per module instance."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        max_connections: int,
+        connect_timeout: float,
+        max_response_bytes: int,
+        ca_file: str | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._base_url = base_url
+        self._headers = {name: [value] for name, value in headers.items()}
+        self._max_response_bytes = max_response_bytes
+        self._pool = _Pool(reactor)
+        self._pool.maxPersistentPerHost = max_connections
+        self._pool.cachedConnectionTimeout = 60
+        agent = client.Agent(
+            reactor,
+            contextFactory=_trust_policy(ca_file),
+            connectTimeout=connect_timeout,
+            pool=self._pool,
+        )
+        self._http = HTTPClient(agent)
+
+    async def post(
+        self, name: str, body: bytes, request_id: str, body_needed: Callable[[int], bool]
+    ) -> Answer:
+        """One exchange. The body of the answer is read only when `body_needed(status)`;
+        otherwise the answer comes at once, with the body still arriving in `rest`. Cancel
+        the returned coroutine to give up."""
+        url = f"{self._base_url}/{name}"
+        headers = Headers({**self._headers, "X-Request-ID": [request_id]})
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("POST %s %s", url, body[:2048].decode("utf-8", "replace"))
+        response = await self._request(url, body, headers)
+        content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
+        if isinstance(content_type, bytes):  # pragma: no cover - treq gives str for str names
+            content_type = content_type.decode("latin-1")
+        if not body_needed(response.code):
+            rest = _read_body(response, self._max_response_bytes)
+            rest.addErrback(lambda failure: failure.trap(CallFailed) and None)
+            return Answer(response.code, content_type=content_type, rest=rest)
+        content, complete = await _read_body(response, self._max_response_bytes)
+        return Answer(response.code, content, complete, content_type)
+
+    async def _request(self, url: str, body: bytes, headers: Headers) -> IResponse:
+        for attempt in (1, 2):
+            # unbuffered: treq would otherwise keep its own copy of every body, uncapped.
+            d = self._http.request(
+                "POST",
+                url,
+                data=_BytesProducer(body),
+                headers=headers,
+                allow_redirects=False,
+                unbuffered=True,
+            )
+            reused = self._pool.reused
+            try:
+                response: IResponse = await d
+                return response
+            except (client.ResponseNeverReceived, client.RequestTransmissionFailed) as e:
+                if any(reason.check(CancelledError) for reason in e.reasons):
+                    raise CancelledError() from None
+                if _tls_trouble(e.reasons):
+                    raise CallFailed(Failure.TLS) from None
+                if attempt == 1 and reused:
+                    logger.debug("Pooled connection to antispam server was closed; retrying once")
+                    continue
+                raise CallFailed(Failure.CONNECT) from None
+            except (CancelledError, CallFailed):
+                raise
+            except Exception as e:
+                reasons = getattr(e, "reasons", None) or [TwistedFailure(e)]
+                failure = Failure.TLS if _tls_trouble(reasons) else Failure.CONNECT
+                raise CallFailed(failure) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        await self._pool.closeCachedConnections()  # type: ignore[no-untyped-call]
