@@ -146,8 +146,6 @@ CASES = [
 ]
 
 
-
-
 def test_every_family_is_checked_on_every_era_it_exists_in() -> None:
     """A family missing from CASES would never have its branch of the version layer run."""
     newest = max(ERAS)
