@@ -24,10 +24,14 @@ VERSION = synapse_version()
 
 
 def skip_reason() -> str | None:
-    """The suite runs on every release of the matrix (about 15 s of CPU each): all of them,
-    1.30 included, federate with the same config. SYNAPSE_FEDERATION_TESTS=0 turns it off."""
+    """The suite runs on every release of the matrix from 1.30 (about 15 s of CPU each), all
+    federating with the same config. On 1.25 a join over federation fails with HTTP 500 in
+    this set-up, so no case runs there: say so before booting two homeservers for nothing.
+    SYNAPSE_FEDERATION_TESTS=0 turns it off."""
     if os.environ.get("SYNAPSE_FEDERATION_TESTS") == "0":
         return "SYNAPSE_FEDERATION_TESTS=0"
+    if VERSION < (1, 30, 0):
+        return "federation is tested from Synapse 1.30 (a remote join fails here on 1.25)"
     return None
 
 

@@ -115,6 +115,16 @@ def test_unreadable_authorization_path(tmp_path: Path) -> None:
     assert "authorization_path" in message and "cannot read" in message
 
 
+@pytest.mark.parametrize("content", ["", "\n", "  \n\t\n"], ids=["empty", "newline", "blank"])
+def test_an_empty_authorization_path_stops_synapse(tmp_path: Path, content: str) -> None:
+    """A token file left empty (a failed secret rollout) must not start the module sending
+    no Authorization header at all: the admin would only learn it from 401s."""
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    message = error_for({**BASE, "authorization_path": str(token_file)})
+    assert "authorization_path:" in message and "is empty" in message
+
+
 def test_token_never_in_config_errors() -> None:
     message = error_for({**BASE, "authorization": "tok\nen-secret"})
     assert "en-secret" not in message

@@ -6,6 +6,7 @@ Synapse); HTTP is real, against the local antispam server.
 
 from __future__ import annotations
 
+import base64
 import functools
 import inspect
 from collections.abc import Iterator
@@ -98,9 +99,30 @@ def server() -> Iterator[AntispamServer]:
         yield s
 
 
+# When each callback keyword arrived in (or left) register_spam_checker_callbacks, from the
+# release history (shared reference synapse-compat.md, section 6): [first, last) releases.
+KEYWORD_RELEASES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "check_event_for_spam": ((1, 37), (9, 0)),
+    "user_may_create_room_with_invites": ((1, 44), (1, 53)),
+    "user_may_join_room": ((1, 45), (9, 0)),
+    "user_may_send_3pid_invite": ((1, 45), (9, 0)),
+    "should_drop_federated_event": ((1, 60), (9, 0)),
+    "check_login_for_spam": ((1, 87), (9, 0)),
+    "user_may_send_state_event": ((1, 132), (9, 0)),
+    "federated_user_may_invite": ((1, 134), (9, 0)),
+}
+
+
 @modern_only
 def test_fake_api_matches_this_synapse() -> None:
-    assert "check_event_for_spam" in registrable_callbacks(installed_api())
+    """The fake's keywords are read from the installed Synapse; here they are held against
+    the release history, so a fake that drifted from Synapse (and every door test built on it)
+    cannot pass unnoticed."""
+    assert CAPS.version is not None
+    release = CAPS.version[:2]
+    keywords = registrable_callbacks(installed_api())
+    for name, (first, gone) in KEYWORD_RELEASES.items():
+        assert (name in keywords) == (first <= release < gone), (name, CAPS.version)
 
 
 def is_allow(name: str, value: Any) -> bool:
@@ -118,6 +140,34 @@ def is_allow(name: str, value: Any) -> bool:
     return value is True
 
 
+def is_deny(name: str, value: Any) -> bool:
+    """Whether this Synapse reads value as a rejection (not as "invalid", which it also turns
+    into a rejection, but without the antispam server's errcode)."""
+    kind = CALLBACKS[name].kind.value
+    if kind == "flag":
+        return value is True
+    if kind == "registration":
+        return bool(value.name == "DENY")
+    codes = CAPS.codes
+    coded = codes is not None and isinstance(value, codes)
+    pair = (
+        CAPS.tuples
+        and isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], codes)
+        and isinstance(value[1], dict)
+    )
+    if kind == "state":  # only a bare Codes member; a (Codes, dict) pair is invalid
+        return coded
+    if kind == "login":
+        return coded or pair
+    if kind == "event":
+        return value is True or isinstance(value, str) or coded or pair
+    if CAPS.gates_take_codes:
+        return (value is (kind == "media")) or coded or pair
+    return value is (kind == "media")
+
+
 @modern_only
 @pytest_twisted.ensureDeferred
 async def test_modern_door_every_registered_callback_allows_and_rejects(
@@ -132,7 +182,7 @@ async def test_modern_door_every_registered_callback_allows_and_rejects(
         assert is_allow(name, allowed), (name, allowed)
         server.set(None, reject("M_FORBIDDEN", "no"))
         rejected = await callback(*ARGS[name])
-        assert not is_allow(name, rejected), (name, rejected)
+        assert is_deny(name, rejected), (name, rejected)
         assert server.requests_for(name)[-1].json is not None
 
 
@@ -234,3 +284,38 @@ def test_legacy_methods_keep_their_parameters_through_synapses_wrapper(
 
     assert len(inspect.signature(run).parameters) == count
     assert len(inspect.signature(bound).parameters) == count
+
+
+@modern_only
+@pytest.mark.parametrize("worker, header", [(None, "master"), ("media1", "media1")])
+@pytest_twisted.ensureDeferred
+async def test_the_synapse_process_is_named_to_the_antispam_server(
+    server: AntispamServer, worker: str | None, header: str
+) -> None:
+    """X-Synapse-Instance tells the antispam server's logs which worker asked."""
+    api = installed_api()
+    api.worker_name = worker
+    HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
+    await api.registered["user_may_invite"](*ARGS["user_may_invite"])
+    [request] = server.requests_for("user_may_invite")
+    assert request.headers["x-synapse-instance"] == header
+
+
+@modern_only
+@pytest.mark.parametrize("cap, sent", [(11, True), (10, False)], ids=["fits", "over-the-cap"])
+@pytest_twisted.ensureDeferred
+async def test_media_bytes_are_sent_up_to_media_content_max_bytes(
+    server: AntispamServer, cap: int, sent: bool
+) -> None:
+    """The upload ("hello world", 11 bytes) goes along base64-encoded when it fits the cap;
+    a larger one only by size and hash."""
+    api = installed_api()
+    config = {"base_url": server.base_url, "media_content_max_bytes": cap}
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    await api.registered["check_media_file_for_spam"](*ARGS["check_media_file_for_spam"])
+    [request] = server.requests_for("check_media_file_for_spam")
+    assert request.json["size"] == 11
+    if sent:
+        assert base64.b64decode(request.json["content_base64"]) == b"hello world"
+    else:
+        assert "content_base64" not in request.json

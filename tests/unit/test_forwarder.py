@@ -193,8 +193,12 @@ async def test_connection_refused() -> None:
     f = make(url)
     try:
         verdict = await check(f)
-        assert verdict.failure is Failure.CONNECT
-        assert "connect" not in (verdict.message or "").lower().replace("could not be reached", "")
+        assert (verdict.outcome, verdict.failure) == (Outcome.FAILED_CLOSED, Failure.CONNECT)
+        # What the client reads names the antispam server, never the socket error or address.
+        assert (verdict.errcode, verdict.message) == (
+            "M_UNKNOWN",
+            "The antispam server could not be reached",
+        )
     finally:
         await f.close()
 
@@ -282,6 +286,52 @@ async def test_breaker_opens_on_a_dead_server_and_a_background_probe_closes_it()
             await until(lambda: not f.breaker.is_open)
             assert [r.callback for r in back.requests] == ["ping"]
             assert (await check(f)).outcome is Outcome.ALLOWED
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_probe_gets_through_while_every_slot_hangs(server: AntispamServer) -> None:
+    """A server that hangs on one endpoint holds every concurrency slot; calls queued behind
+    it time out and open the breaker. The probe must not queue behind the hung calls too, or
+    the breaker would stay open although the server answers."""
+    server.set("user_may_invite", Behaviour(never_respond=True))
+    f = make(
+        server.base_url,
+        timeout=0.3,
+        timeouts={"user_may_invite": 60},
+        max_concurrency=1,
+        max_pending=10,
+        circuit_breaker={"failure_threshold": 3, "probe_interval": 0.1},
+    )
+    try:
+        hung = defer.ensureDeferred(check(f))
+        await until(lambda: len(server.requests_for("user_may_invite")) == 1)
+        for _ in range(3):  # each waits for the one slot and times out there
+            verdict = await f.check("user_may_create_room", Kind.GATE, {"user_id": "@a:x"})
+            assert verdict.failure is Failure.TIMEOUT
+        assert f.breaker.is_open and f.limiter.active == 1
+        await until(lambda: not f.breaker.is_open)
+        assert server.requests_for("ping")
+        assert server.requests_for("user_may_create_room") == []
+        assert not hung.called  # the slot is still held all along
+    finally:
+        hung.cancel()
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_declaring_more_than_the_cap_is_refused_before_its_body(
+    server: AntispamServer,
+) -> None:
+    """Content-Length above max_response_bytes fails at once: the module neither waits for
+    nor reads a body it would throw away. (This one promises 1124 bytes, sends 1024, stalls.)"""
+    server.set(None, Behaviour(status=403, body=b"x" * 1024, stall_body=True))
+    f = make(server.base_url, timeout=10.0, max_response_bytes=1100)
+    try:
+        verdict = await check(f)
+        assert verdict.failure is Failure.TOO_LARGE
+        assert verdict.seconds < 10.0
     finally:
         await f.close()
 
@@ -471,6 +521,19 @@ async def test_token_and_bodies_never_logged_above_debug(
         await f.close()
 
 
+def counted_pings(f: Forwarder) -> list[int]:
+    """Counts every ping the forwarder starts, at the moment it starts (no network wait)."""
+    count = [0]
+    real = f.ping_once
+
+    async def ping_once(**kwargs: Any) -> Any:
+        count[0] += 1
+        return await real(**kwargs)
+
+    f.ping_once = ping_once  # type: ignore[method-assign]
+    return count
+
+
 @pytest_twisted.ensureDeferred
 async def test_ping_retries_until_the_server_answers(
     server: AntispamServer, caplog: pytest.LogCaptureFixture
@@ -503,12 +566,17 @@ async def test_ping_without_an_endpoint_stops_with_one_warning(
 ) -> None:
     server.set("ping", NO_ENDPOINT["express-404-html"])
     f = make(server.base_url, do_ping=True)
+    pings = counted_pings(f)
     try:
         with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
             f.start_ping()
             await until(lambda: any("no ping endpoint" in r.getMessage() for r in caplog.records))
-            await sleep(1.2)  # a retry would have come after 1 s
-        assert len(server.requests_for("ping")) == 1
+            # A retry would be due 1 s after that answer at the latest; the reactor runs timed
+            # calls in order, so once this sleep is over a retry would have started.
+            await sleep(1.0 + 0.05)
+        assert pings == [1], "pinged again after learning there is no ping endpoint"
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "no ping endpoint" in warnings[0].getMessage()
     finally:
         await f.close()
 
