@@ -1,19 +1,31 @@
-"""The homeserver fragments in compat/ stay loadable: real YAML, a real class, a valid config."""
+"""The homeserver fragments in compat/ stay true: real YAML, a real class, a valid config, and
+exactly the config the peer-model tests (tests/integration/test_peers.py) boot behind Meowlnir
+and Draupnir, with each server's real port and path."""
 
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.config import parse_config
+from tests.support.peers import DraupnirModel, MeowlnirModel
 
 COMPAT = Path(__file__).resolve().parents[2] / "compat"
 DOORS = {"modules": HTTPAntispam, "spam_checker": LegacyHTTPAntispam}
+# fragment -> (door, the peer model whose tested config it shows, the real server's port)
+FRAGMENTS: dict[str, tuple[str, type[MeowlnirModel] | type[DraupnirModel], int]] = {
+    "homeserver-meowlnir.yaml": ("modules", MeowlnirModel, 29339),
+    "homeserver-draupnir.yaml": ("modules", DraupnirModel, 8080),
+    "homeserver-spam_checker.yaml": ("spam_checker", DraupnirModel, 8080),
+}
+PLACEHOLDER = re.compile(r"<[^>]*>")
 
 
 def entries(section: Any) -> list[dict[str, Any]]:
@@ -21,18 +33,50 @@ def entries(section: Any) -> list[dict[str, Any]]:
     return [section] if isinstance(section, dict) else list(section)
 
 
-def test_there_is_a_fragment_for_each_door() -> None:
-    names = sorted(p.name for p in COMPAT.glob("homeserver-*.yaml"))
-    assert names == ["homeserver-modules.yaml", "homeserver-spam_checker.yaml"]
-
-
-@pytest.mark.parametrize("door", list(DOORS))
-def test_fragment_names_the_right_class_with_a_valid_config(door: str) -> None:
-    loaded = yaml.safe_load((COMPAT / f"homeserver-{door}.yaml").read_text())
+def fragment_config(name: str) -> dict[str, Any]:
+    door = FRAGMENTS[name][0]
+    loaded = yaml.safe_load((COMPAT / name).read_text())
     assert list(loaded) == [door]
     [entry] = entries(loaded[door])
     module_path, _, class_name = entry["module"].rpartition(".")
     cls = getattr(importlib.import_module(module_path), class_name)
     assert cls is DOORS[door]
-    config = parse_config(entry["config"])
-    assert config.base_url.startswith("http")
+    config: dict[str, Any] = entry["config"]
+    return config
+
+
+def test_the_fragments_are_the_tested_ones() -> None:
+    assert sorted(p.name for p in COMPAT.glob("homeserver-*.yaml")) == sorted(FRAGMENTS)
+
+
+@pytest.mark.parametrize("name", list(FRAGMENTS))
+def test_fragment_is_a_valid_config_once_filled_in(name: str) -> None:
+    config = fragment_config(name)
+    filled = {
+        **config,
+        "base_url": PLACEHOLDER.sub("!room:example.org", config["base_url"]),
+        "authorization": "secret",
+    }
+    assert parse_config(filled).base_url.startswith("http://localhost:")
+
+
+@pytest.mark.parametrize("name", list(FRAGMENTS))
+def test_fragment_is_what_the_peer_tests_boot(name: str) -> None:
+    """Same keys and values as the model's module_config(), and a base_url with the real
+    server's port and the path the model (and the real server) serves."""
+    _, model_class, port = FRAGMENTS[name]
+    shown = fragment_config(name)
+    with model_class() as model:
+        tested = model.module_config()
+        model_path = urlsplit(model.base_url).path
+    url = urlsplit(shown.pop("base_url"))
+    assert (url.scheme, url.hostname, url.port) == ("http", "localhost", port)
+    if model_class is MeowlnirModel:
+        assert url.path == f"{MeowlnirModel.PREFIX}/<management room ID>"
+        assert model_path.startswith(f"{MeowlnirModel.PREFIX}/")
+    else:
+        assert url.path == model_path
+    assert PLACEHOLDER.fullmatch(shown.pop("authorization"))
+    tested.pop("base_url")
+    tested.pop("authorization")
+    assert shown == tested

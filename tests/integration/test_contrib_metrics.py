@@ -1,0 +1,99 @@
+"""Every metric and label the Prometheus rules and the Grafana dashboard in contrib/ name exists
+on a real Synapse's /metrics with the module loaded. The names and labels are read out of those
+files (tests/support/metric_refs.py), so a renamed metric or label fails here, not in an
+admin's Grafana.
+
+The module is driven through everything that creates series: allowed and failed calls, a
+refused token, background checks dropped, the circuit breaker opening, probing and closing.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from tests.integration.conftest import HAS_MODULES, BootSynapse, module_config
+from tests.support.antispam_server import AntispamServer, Behaviour
+from tests.support.metric_refs import all_references, family
+from tests.support.synapse import metric
+
+pytestmark = pytest.mark.skipif(not HAS_MODULES, reason="the rules assume the modules: door")
+BREAKER_OPEN = "synapse_http_antispam_circuit_breaker_open"
+
+
+def labels_by_sample(text: str) -> dict[str, set[str]]:
+    """sample name -> every label name seen on it."""
+    seen: dict[str, set[str]] = {}
+    for name, labels in re.findall(r"^(synapse_http_antispam_\w+)(?:\{(.*?)\})? ", text, re.M):
+        seen.setdefault(name, set()).update(re.findall(r'(\w+)="', labels or ""))
+    return seen
+
+
+def wait_for(condition: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_every_metric_and_label_of_the_rules_and_dashboard_exists(
+    boot: BootSynapse, antispam: AntispamServer
+) -> None:
+    config = module_config(
+        antispam.base_url,
+        enabled_callbacks=["user_may_create_room", "check_event_for_spam"],
+        fail_open={"user_may_create_room": False},
+        timeout=2,
+        max_background=1,
+        circuit_breaker={"failure_threshold": 2, "window": 5, "probe_interval": 0.2},
+        **{"async": {"check_event_for_spam": True}},
+    )
+    synapse = boot("modules", config)
+    alice = synapse.register("metrics-alice")
+    status, body = alice.create_room(name="allowed")
+    assert status == 200, body
+    room_id = str(body["room_id"])
+
+    # Background checks dropped: one slow async check at a time, several messages at once.
+    antispam.set("check_event_for_spam", Behaviour(delay=1.5))
+    senders = [
+        threading.Thread(target=alice.send_message, args=(room_id, f"m{i}")) for i in range(5)
+    ]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(30)
+
+    # A refused token: an auth failure, failing closed.
+    antispam.set(
+        "user_may_create_room", Behaviour(status=401, body={"errcode": "M_UNKNOWN_TOKEN"})
+    )
+    assert alice.create_room(name="auth")[0] != 200
+
+    # No answer at all (and no answer to the probes): the breaker opens, probes, then closes.
+    antispam.set(None, Behaviour(close_before_response=True))
+    antispam.set("user_may_create_room", Behaviour(close_before_response=True))
+    wait_for(
+        lambda: (
+            alice.create_room(name="down")[0] != 200 and metric(synapse.metrics(), BREAKER_OPEN)
+        )
+    )
+    time.sleep(1)
+    antispam.reset_behaviours()
+    wait_for(lambda: not metric(synapse.metrics(), BREAKER_OPEN) and alice.create_room()[0] == 200)
+
+    seen = labels_by_sample(synapse.metrics())
+    families = {family(name) for name in seen}
+    missing = []
+    for where, refs in all_references().items():
+        for name, labels in refs.items():
+            if name not in seen and family(name) not in families:
+                missing.append(f"{where}: metric {name} is not on /metrics")
+            elif name in seen and not labels <= seen[name]:
+                missing.append(f"{where}: {name} has no label {sorted(labels - seen[name])}")
+    assert missing == [], "\n".join(missing)
