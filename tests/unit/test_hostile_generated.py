@@ -101,9 +101,7 @@ def answer(draw: st.DrawFn) -> tuple[bytes, object]:
     status = draw(status_line())
     headers = b"".join(draw(st.lists(header_line(), max_size=6)))
     body = draw(st.sampled_from(JSON_BODIES) | st.binary(max_size=200))
-    framing = draw(
-        st.sampled_from(["length", "short", "long", "chunked", "bad-chunked", "none"])
-    )
+    framing = draw(st.sampled_from(["length", "short", "long", "chunked", "bad-chunked", "none"]))
     if framing in ("length", "short", "long"):
         declared = len(body) + {"length": 0, "short": -1, "long": 5}[framing]
         headers += b"Content-Length: %d\r\n" % max(declared, 0)
