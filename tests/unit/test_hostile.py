@@ -204,6 +204,11 @@ CASES: dict[str, Case] = {
         quick=True,
         xfail=BUG_HEADERS,
     ),
+    # What any sane cap must still let through: 60 header lines, 30 KB.
+    "header-lines-under-caps": outcome(
+        Outcome.ALLOWED,
+        script=[sized(OK + (b"X-Some: " + b"v" * 490 + b"\r\n") * 60, b"{}"), CLOSE],
+    ),
     "content-length-junk": outcome(
         Outcome.ALLOWED,
         *FAILED,
@@ -245,6 +250,14 @@ CASES: dict[str, Case] = {
         memory=True,
         xfail=BUG_HEADERS + " (1xx responses count towards the cap)",
     ),
+    "1xx-with-endless-headers": fails(
+        Failure.TOO_LARGE,
+        script=[b"HTTP/1.1 103 Early Hints\r\n", endless(HEADER_LINE)],
+        quick=True,
+        memory=True,
+        xfail=BUG_HEADERS,
+    ),
+    # Twisted takes a 101 for an informational answer and waits for the real one.
     "101-switching-protocols": outcome(
         *FAILED,
         Outcome.ALLOWED,
