@@ -59,6 +59,7 @@ MEMORY_CAP = 4 * 1024 * 1024  # what one call may allocate (the body cap is 64 K
 
 ANY_FAILURE = frozenset(Failure)
 # What a connection-level mess may be called: dropped, unparseable, cut by a cap, too slow.
+# (Today an answer Twisted cannot parse is `connect`, and counts for the breaker as no answer.)
 BROKEN = frozenset({Failure.CONNECT, Failure.BAD_RESPONSE, Failure.TOO_LARGE, Failure.TIMEOUT})
 
 OK = b"HTTP/1.1 200 OK\r\n"
