@@ -127,17 +127,35 @@ class _BytesProducer:
 class _CappedHeadersProtocol(HTTP11ClientProtocol):
     """Twisted's HTTP/1.1 client, but the status line and headers of an answer (with any 1xx
     answers before it) may not pass MAX_HEADER_BYTES or MAX_HEADER_LINES: Twisted itself
-    bounds only the length of one line, not how many lines come."""
+    bounds only the length of one line, not how many lines come. Each line is counted as the
+    parser takes it, and the connection is dropped at the first line past a cap."""
 
     _header_bytes = 0
     _header_lines = 0
-    _in_headers = False
     _too_large = False
 
     def request(self, request: Any) -> Deferred[Any]:
         self._header_bytes = self._header_lines = 0
-        self._in_headers, self._too_large = True, False
+        self._too_large = False
         d: Deferred[Any] = super().request(request)
+        parser = self._parser
+        if parser is not None:
+            parse_line = parser.lineReceived
+
+            def counted(line: bytes) -> Any:
+                if parser.state in (STATUS, HEADER):  # a 1xx answer starts the parser over
+                    self._header_bytes += len(line) + 2
+                    self._header_lines += 1
+                    if (
+                        self._header_bytes > MAX_HEADER_BYTES
+                        or self._header_lines > MAX_HEADER_LINES
+                    ):
+                        self._too_large = True
+                        self.transport.abortConnection()  # type: ignore[union-attr]
+                        return True  # stops the line receiver's loop
+                return parse_line(line)  # type: ignore[no-untyped-call]
+
+            parser.lineReceived = counted  # type: ignore[method-assign]
 
         def name_the_cause(failure: TwistedFailure) -> Any:
             if self._too_large:
@@ -145,20 +163,6 @@ class _CappedHeadersProtocol(HTTP11ClientProtocol):
             return failure
 
         return d.addErrback(name_the_cause)
-
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-        if not self._in_headers:
-            return
-        parser = self._parser
-        if parser is None or parser.state not in (STATUS, HEADER):
-            self._in_headers = False  # the body has begun (or the answer is complete)
-            return
-        self._header_bytes += len(data)
-        self._header_lines += data.count(b"\n")
-        if self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADER_LINES:
-            self._too_large, self._in_headers = True, False
-            self.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class _CappedHeadersFactory(client._HTTP11ClientFactory):

@@ -115,6 +115,13 @@ def assert_quiet(records: list[logging.LogRecord], twisted_errors: TwistedErrors
     # An unhandled error in a dropped Deferred is logged when it is collected; the young
     # generations hold this call's objects (a full collection costs ~0.3 s per case).
     gc.collect(1)
-    errors = [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
+    # The one ERROR the module means to write: base_url answers "no such route" to the
+    # callback and to ping alike, so it does not reach an antispam server (issue 18).
+    errors = [
+        r
+        for r in records
+        if (r.levelno >= logging.ERROR or r.exc_info)
+        and "does not reach an antispam server" not in r.getMessage()
+    ]
     assert not errors, [r.getMessage() for r in errors]
     assert not twisted_errors.events, twisted_errors.events

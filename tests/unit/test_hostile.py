@@ -107,9 +107,6 @@ def sized(status: bytes, body: bytes, ctype: bytes = b"application/json") -> byt
 
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
 HEADER_LINE = b"X-Filler: " + b"a" * 70 + b"\r\n"
-BUG_HEADERS = "issue 18: response headers are unbounded (no cap on header bytes or count)"
-BUG_2XX_BODY = "issue 18: a 2xx with a body over max_response_bytes fails instead of allowing"
-BUG_404_BODY = "issue 18: an HTML 404 over max_response_bytes is too_large, not 'no endpoint'"
 
 CASES: dict[str, Case] = {
     # -- the baseline: a well-formed answer passes through the raw server ------------------
@@ -184,26 +181,22 @@ CASES: dict[str, Case] = {
         script=[OK, endless(HEADER_LINE)],
         quick=True,
         memory=True,
-        xfail=BUG_HEADERS,
     ),
     "header-folded-endless": fails(
         Failure.TOO_LARGE,
         script=[OK + b"X-Folded: a\r\n", endless(b" " + b"b" * 70 + b"\r\n")],
         quick=True,
         memory=True,
-        xfail=BUG_HEADERS,
     ),
     "header-lines-over-count-cap": fails(
         Failure.TOO_LARGE,
         script=[sized(OK + b"X-N: 1\r\n" * 200, b"{}"), CLOSE],
         quick=True,
-        xfail=BUG_HEADERS,
     ),
     "header-bytes-over-cap": fails(
         Failure.TOO_LARGE,
         script=[sized(OK + (b"X-Big: " + b"v" * 8000 + b"\r\n") * 9, b"{}"), CLOSE],
         quick=True,
-        xfail=BUG_HEADERS,
     ),
     # What any sane cap must still let through: 60 header lines, 30 KB.
     "header-lines-under-caps": outcome(
@@ -249,14 +242,12 @@ CASES: dict[str, Case] = {
         script=[endless(b"HTTP/1.1 100 Continue\r\n\r\n")],
         quick=True,
         memory=True,
-        xfail=BUG_HEADERS + " (1xx responses count towards the cap)",
     ),
     "1xx-with-endless-headers": fails(
         Failure.TOO_LARGE,
         script=[b"HTTP/1.1 103 Early Hints\r\n", endless(HEADER_LINE)],
         quick=True,
         memory=True,
-        xfail=BUG_HEADERS,
     ),
     # Twisted takes a 101 for an informational answer and waits for the real one.
     "101-switching-protocols": outcome(
@@ -301,28 +292,24 @@ CASES: dict[str, Case] = {
         script=[sized(OK, b" " * BIG + b"{}"), CLOSE],
         quick=True,
         memory=True,
-        xfail=BUG_2XX_BODY,
     ),
     "2xx-body-endless-chunked": outcome(
         Outcome.ALLOWED,
         script=[OK + CHUNKED + b"\r\n", chunked_forever(b"x" * 8192)],
         quick=True,
         memory=True,
-        xfail=BUG_2XX_BODY,
     ),
     "2xx-body-endless-until-close": outcome(
         Outcome.ALLOWED,
         script=[b"HTTP/1.0 200 OK\r\n\r\n", endless(b"x" * 8192)],
         quick=True,
         memory=True,
-        xfail=BUG_2XX_BODY,
     ),
     "2xx-body-declared-huge": outcome(
         Outcome.ALLOWED,
         script=[OK + b"Content-Length: 99999999999\r\n\r\n", endless(b"x" * 8192)],
         quick=True,
         memory=True,
-        xfail=BUG_2XX_BODY,
     ),
     "registration-2xx-body-over-cap": outcome(
         Outcome.ALLOWED,
@@ -334,12 +321,13 @@ CASES: dict[str, Case] = {
         quick=True,
         memory=True,
     ),
-    "404-html-over-cap": outcome(
-        Outcome.NOT_IMPLEMENTED,
+    # Read as "no such endpoint", not as too large. The raw server answers `ping` with the
+    # same page, so the evidence rule (issue 18) makes it a failure: no antispam server there.
+    "404-html-over-cap": fails(
+        Failure.NO_ANTISPAM_SERVER,
         script=[sized(b"HTTP/1.1 404 Not Found\r\n", b"<html>" * 12_000, b"text/html"), CLOSE],
         quick=True,
         memory=True,
-        xfail=BUG_404_BODY,
     ),
     "403-json-over-cap": fails(
         Failure.TOO_LARGE,
@@ -434,10 +422,10 @@ CASES: dict[str, Case] = {
         Failure.CONNECT, script=[CLOSE], transport="tls-stall", quick=True
     ),
     "tls-plain-http-answer": fails(
-        Failure.CONNECT, script=[sized(OK, b"{}"), CLOSE], transport="tls-stall", quick=True
+        Failure.TLS, script=[sized(OK, b"{}"), CLOSE], transport="tls-stall", quick=True
     ),
     "tls-garbage-endless": fails(
-        Failure.CONNECT,
+        Failure.TLS,
         script=[endless(bytes(range(256)) * 16)],
         transport="tls-stall",
         quick=True,
@@ -466,7 +454,6 @@ CASES: dict[str, Case] = {
         transport="tls",
         quick=True,
         memory=True,
-        xfail=BUG_HEADERS,
     ),
 }
 
