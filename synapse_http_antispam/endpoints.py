@@ -9,9 +9,13 @@ typo in base_url's path, and allowing unchecked would silently turn every check 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
+
+if TYPE_CHECKING:
+    from synapse_http_antispam.answers import PingResult
 
 
 class Endpoints:
@@ -51,6 +55,23 @@ class Endpoints:
     def no_server_known(self) -> bool:
         """Whether base_url was just shown to reach something else than the antispam server."""
         return self._clock.seconds() < self._no_server_until
+
+    async def server_is_there(
+        self,
+        name: str,
+        status: int,
+        deadline: float,
+        ping: Callable[[float], Awaitable[PingResult]],
+    ) -> bool:
+        """Evidence for `name`'s "no such endpoint": asked of `ping` at once, by `deadline`."""
+        if self.server_seen:
+            return True
+        remaining = deadline - self._clock.seconds()
+        if self.no_server_known or remaining <= 0:
+            return False
+        if (await ping(remaining)).outcome == "not_implemented":
+            self.no_server(name, status)
+        return self.server_seen
 
     def no_server(self, name: str, status: int | None) -> None:
         """Neither `name` nor `ping` has an endpoint behind base_url."""

@@ -1,17 +1,15 @@
 """The core: a callback's payload in, a neutral `Verdict` out, within one deadline, never raising.
 
 A call travels: the not-implemented memory (`endpoints`), the request size cap, the circuit
-breaker and the limiter (`guards`), one HTTP exchange (`wire`), and the meaning of the answer
-(`answers`). Everything here is plain Twisted and treq with no Synapse import, so it can be
+breaker, then `sending` (the deadline, the limiter, the breaker told what happened) around one
+HTTP exchange (`wire`), and the meaning of the answer (`answers`). Everything here is plain Twisted and treq with no Synapse import, so it can be
 tested and benchmarked against a real local HTTP server without booting a homeserver.
 """
 
 from __future__ import annotations
 
 import os
-import random
-import string
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -25,9 +23,10 @@ from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.endpoints import Endpoints
 from synapse_http_antispam.guards import Breaker, Limiter
-from synapse_http_antispam.log import instance_log
+from synapse_http_antispam.log import instance_log, report_failure
 from synapse_http_antispam.metrics import NullObserver, Observer
-from synapse_http_antispam.pinger import StartupPing
+from synapse_http_antispam.pinger import Pinger
+from synapse_http_antispam.sending import Sender
 from synapse_http_antispam.verdict import (
     BACKGROUND,
     NOT_IMPLEMENTED,
@@ -37,7 +36,7 @@ from synapse_http_antispam.verdict import (
     Verdict,
     failed,
 )
-from synapse_http_antispam.wire import Answer, Wire, encode
+from synapse_http_antispam.wire import Wire, encode
 
 __all__ = ["Forwarder", "PingResult", "encode"]
 
@@ -93,10 +92,11 @@ class Forwarder:
             log=instance_log("synapse_http_antispam.guards", config.label),
         )
         self.endpoints = Endpoints(reactor, self.url, self.log)
+        self._sender = Sender(reactor, self._wire, self.limiter, self.breaker, self._observer)
         self.background_running = 0
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
-        self._pinger = StartupPing(self, reactor, self.log)
+        self._pinger = Pinger(self._sender, self.endpoints, reactor, self.url, self.log)
         self._closed = False
 
     def _next_request_id(self) -> str:
@@ -145,22 +145,7 @@ class Forwarder:
         return verdict
 
     def report(self, name: str, verdict: Verdict) -> None:
-        """One WARNING per failure: callback, outcome, reason, duration, status, request id.
-
-        Calls skipped by an open breaker are not logged one by one; the breaker logs opening
-        and closing, and metrics count them.
-        """
-        if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
-            return
-        self.log.warning(
-            "Antispam %s: %s (%s) after %.0f ms%s [X-Request-ID %s]",
-            name,
-            verdict.outcome.value,
-            verdict.failure.value,
-            verdict.seconds * 1000,
-            f", HTTP {verdict.http_status}" if verdict.http_status is not None else "",
-            verdict.request_id,
-        )
+        report_failure(self.log, name, verdict)
 
     async def _check(
         self, name: str, kind: Kind, payload: Mapping[str, Any], request_id: str
@@ -171,116 +156,17 @@ class Forwarder:
         if not self.breaker.allow():
             raise CallFailed(Failure.BREAKER_OPEN)
         deadline = self._reactor.seconds() + self._config.timeout_for(name)
-        answer = await self._send(name, body, request_id, kind, deadline)
+        answer = await self._sender.send(name, body, request_id, kind, deadline)
         verdict = answers.classify(kind, answer)  # raises for an unusable answer
         if answers.from_antispam_server(answer):
             self.endpoints.saw_server()
         if verdict.outcome is not Outcome.NOT_IMPLEMENTED:
             self.endpoints.answered(name)
-        elif await self._antispam_server_is_there(name, answer.status, deadline):
+        elif await self.endpoints.server_is_there(name, answer.status, deadline, self._ping):
             self.endpoints.unimplemented(name, answer.status)
         else:
             raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
         return verdict, answer.status
-
-    async def _antispam_server_is_there(self, name: str, status: int, deadline: float) -> bool:
-        """Evidence for a "no such endpoint": asked of `ping` at once, within the deadline."""
-        if self.endpoints.server_seen:
-            return True
-        if self.endpoints.no_server_known:
-            return False
-        remaining = deadline - self._reactor.seconds()
-        if remaining <= 0:
-            return False
-        ping = await self.ping_once(timeout=remaining)
-        if ping.outcome == "not_implemented":
-            self.endpoints.no_server(name, status)
-        return self.endpoints.server_seen
-
-    async def _send(
-        self,
-        name: str,
-        body: bytes,
-        request_id: str,
-        kind: Kind | None,
-        deadline: float,
-        *,
-        limit: bool = True,
-    ) -> Answer:
-        """One exchange by `deadline`, telling the breaker whether the server answered.
-
-        limit=False bypasses the concurrency limiter (the breaker's probe must get through
-        while every slot hangs on a dead server). The deadline covers waiting for a slot; a
-        call whose deadline passes in the queue is `overloaded`: the module's own queue, not
-        the server's silence, so the breaker does not count it.
-        """
-        holding = [not limit]
-        answered: list[Answer] = []
-
-        def post() -> Coroutine[Any, Any, Answer]:
-            needed = lambda status: answers.body_needed(kind, status)  # noqa: E731
-            return self._wire.post(name, body, request_id, needed)
-
-        async def settled() -> Answer:
-            answer = await post()
-            answered.append(answer)
-            if answer.rest is not None:
-                await answer.rest  # the unneeded rest of the body: the connection stays usable
-            return answer
-
-        async def exchange() -> Answer:
-            if not limit:
-                return await settled()
-            await self.limiter.acquire()
-            holding[0] = True
-            self._observer.in_flight(1)
-            try:
-                return await settled()
-            finally:
-                self._observer.in_flight(-1)
-                self.limiter.release()
-
-        try:
-            answer = await self._with_deadline(exchange(), deadline - self._reactor.seconds())
-        except CallFailed as e:
-            if e.failure is Failure.TIMEOUT and answered:
-                # The answer had come; only a body nobody needed was still arriving.
-                self.breaker.reachable()
-                return answered[0]
-            if e.failure is Failure.TIMEOUT and not holding[0]:
-                raise CallFailed(Failure.OVERLOADED) from None
-            # Only a missing HTTP answer says something about the server itself; a full queue
-            # or an oversized body does not.
-            if e.failure in (Failure.CONNECT, Failure.TLS, Failure.TIMEOUT):
-                self.breaker.unreachable(e.failure.value)
-            elif e.failure is not Failure.OVERLOADED:
-                self.breaker.reachable()
-            raise
-        self.breaker.reachable()
-        return answer
-
-    async def _with_deadline(
-        self, exchange: Coroutine[Any, Any, Answer], seconds: float
-    ) -> Answer:
-        d = defer.ensureDeferred(exchange)
-        expired = []
-
-        def expire() -> None:
-            expired.append(True)
-            d.cancel()
-
-        timer = self._reactor.callLater(max(seconds, 0), expire)
-        try:
-            return await d
-        except Exception:
-            # However the cancellation surfaced (Twisted wraps it in ResponseNeverReceived
-            # while waiting for headers), an expired deadline is a timeout.
-            if expired:
-                raise CallFailed(Failure.TIMEOUT) from None
-            raise
-        finally:
-            if timer.active():
-                timer.cancel()
 
     # ---- background (`async:`) callbacks --------------------------------------------------
 
@@ -304,27 +190,10 @@ class Forwarder:
 
     async def ping_once(self, *, limit: bool = True, timeout: float = 0) -> PingResult:
         """POST {"id": ...} to <base_url>/ping and say what came back. Never raises."""
-        ping_id = "".join(random.choices(string.ascii_letters, k=8))
-        start = self._reactor.seconds()
-        deadline = start + (timeout or self._config.timeout)
-        status: int | None = None
-        detail = ""
-        try:
-            answer = await self._send(
-                "ping", encode({"id": ping_id}), ping_id, None, deadline, limit=limit
-            )
-            status, outcome = answer.status, answers.ping_outcome(answer, ping_id)
-            detail = answers.detail(answer) if outcome != "ok" else ""
-            if answers.from_antispam_server(answer):
-                self.endpoints.saw_server()
-        except CallFailed as e:
-            status, outcome = e.status, e.failure.value
-        except CancelledError:
-            raise
-        except Exception:  # pragma: no cover - defensive: callers loop on this
-            self.log.exception("Ping to the antispam server failed inside the module")
-            outcome = Failure.INTERNAL.value
-        return PingResult(outcome, ping_id, status, self._reactor.seconds() - start, detail)
+        return await self._pinger.ping_once(limit=limit, timeout=timeout or self._config.timeout)
+
+    async def _ping(self, timeout: float) -> PingResult:
+        return await self.ping_once(timeout=timeout)
 
     async def _probe(self) -> bool:
         timeout = min(self.PROBE_TIMEOUT, self._config.timeout)
@@ -332,7 +201,7 @@ class Forwarder:
 
     def start_ping(self) -> None:
         """Ping in the background until the server answers; never delays Synapse's startup."""
-        self._pinger.start()
+        self._pinger.start(self.ping_once)
 
     async def close(self) -> None:
         self._closed = True

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Union
+
+from synapse_http_antispam.verdict import Failure, Verdict
+
+Log = Union[logging.Logger, "logging.LoggerAdapter[Any]"]
 
 
 class InstanceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -23,3 +27,22 @@ class InstanceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def instance_log(name: str, label: str) -> InstanceLog:
     return InstanceLog(logging.getLogger(name), label)
+
+
+def report_failure(log: Log, name: str, verdict: Verdict) -> None:
+    """One WARNING per failure: callback, outcome, reason, duration, status, request id.
+
+    Calls skipped by an open breaker are not logged one by one; the breaker logs opening and
+    closing, and metrics count them.
+    """
+    if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
+        return
+    log.warning(
+        "Antispam %s: %s (%s) after %.0f ms%s [X-Request-ID %s]",
+        name,
+        verdict.outcome.value,
+        verdict.failure.value,
+        verdict.seconds * 1000,
+        f", HTTP {verdict.http_status}" if verdict.http_status is not None else "",
+        verdict.request_id,
+    )

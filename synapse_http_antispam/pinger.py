@@ -1,51 +1,94 @@
-"""The startup ping (`do_ping`): asked in the background until the antispam server answers.
+"""The `ping` callback: asked once (for the breaker's probe, for evidence, for `check`), or at
+startup (`do_ping`) in the background until the antispam server answers.
 
-It never delays Synapse's startup; it retries with a backoff (1 s doubling to 60 s) while the
-server cannot be reached, and logs success in 0.5.x's words, which antispam servers' docs tell
-admins to look for.
+The startup ping never delays Synapse's startup; it retries with a backoff (1 s doubling to
+60 s) while the server cannot be reached, and logs success in 0.5.x's words, which antispam
+servers' docs tell admins to look for.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import random
+import string
+from collections.abc import Awaitable
+from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall
 
-if TYPE_CHECKING:
-    from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam import answers
+from synapse_http_antispam.answers import PingResult
+from synapse_http_antispam.endpoints import Endpoints
+from synapse_http_antispam.sending import Sender
+from synapse_http_antispam.verdict import CallFailed, Failure
+from synapse_http_antispam.wire import encode
 
 
-class StartupPing:
+class Pinger:
     MAX_BACKOFF = 60.0
 
     def __init__(
-        self, forwarder: Forwarder, reactor: Any, log: logging.Logger | logging.LoggerAdapter[Any]
+        self,
+        sender: Sender,
+        endpoints: Endpoints,
+        reactor: Any,
+        url: str,
+        log: logging.Logger | logging.LoggerAdapter[Any],
     ) -> None:
-        self._forwarder = forwarder
+        self._sender = sender
+        self._endpoints = endpoints
         self._reactor = reactor
+        self._url = url
         self._log = log
         self._call: IDelayedCall | None = None
         self._stopped = False
 
-    def start(self) -> None:
-        self._schedule(0.0, 1.0)
+    async def ping_once(self, *, limit: bool, timeout: float) -> PingResult:
+        """POST {"id": ...} to <base_url>/ping and say what came back. Never raises."""
+        ping_id = "".join(random.choices(string.ascii_letters, k=8))
+        start = self._reactor.seconds()
+        status: int | None = None
+        detail = ""
+        try:
+            answer = await self._sender.send(
+                "ping", encode({"id": ping_id}), ping_id, None, start + timeout, limit=limit
+            )
+            status, outcome = answer.status, answers.ping_outcome(answer, ping_id)
+            detail = answers.detail(answer) if outcome != "ok" else ""
+            if answers.from_antispam_server(answer):
+                self._endpoints.saw_server()
+        except CallFailed as e:
+            status, outcome = e.status, e.failure.value
+        except CancelledError:
+            raise
+        except Exception:  # pragma: no cover - defensive: callers loop on this
+            self._log.exception("Ping to the antispam server failed inside the module")
+            outcome = Failure.INTERNAL.value
+        return PingResult(outcome, ping_id, status, self._reactor.seconds() - start, detail)
+
+    # ---- at startup ---------------------------------------------------------------------
+
+    def start(self, ping: Callable[[], Awaitable[PingResult]]) -> None:
+        """Ping through `ping` (the forwarder's, so that its callers see every ping)."""
+        self._schedule(0.0, 1.0, ping)
 
     def stop(self) -> None:
         self._stopped = True
         if self._call is not None and self._call.active():
             self._call.cancel()
 
-    def _schedule(self, delay: float, backoff: float) -> None:
+    def _schedule(
+        self, delay: float, backoff: float, ping: Callable[[], Awaitable[PingResult]]
+    ) -> None:
         if not self._stopped:
             self._call = self._reactor.callLater(
-                delay, lambda: defer.ensureDeferred(self._ping(backoff))
+                delay, lambda: defer.ensureDeferred(self._ping(backoff, ping))
             )
 
-    async def _ping(self, backoff: float) -> None:
-        result = await self._forwarder.ping_once()
-        url = self._forwarder.url
+    async def _ping(self, backoff: float, ping: Callable[[], Awaitable[PingResult]]) -> None:
+        result = await ping()
         if result.outcome == "ok":
             self._log.info(
                 "Successfully pinged antispam server with request ID %s", result.ping_id
@@ -55,7 +98,7 @@ class StartupPing:
             self._log.warning(
                 "The antispam server at %s is reachable but has no ping endpoint (HTTP %s); "
                 "not pinging it again (set do_ping: false to skip this)",
-                url,
+                self._url,
                 result.http_status,
             )
             return
@@ -63,16 +106,16 @@ class StartupPing:
             self._log.warning(
                 "The antispam server at %s answered the ping (request ID %s) with HTTP %s but "
                 'not the expected {"id": ..., "status": "ok"}; taking it as reachable',
-                url,
+                self._url,
                 result.ping_id,
                 result.http_status,
             )
             return
         self._log.warning(
             "Ping to antispam server at %s failed: %s%s; retrying in %gs",
-            url,
+            self._url,
             result.outcome,
             f" (HTTP {result.http_status})" if result.http_status is not None else "",
             backoff,
         )
-        self._schedule(backoff, min(backoff * 2, self.MAX_BACKOFF))
+        self._schedule(backoff, min(backoff * 2, self.MAX_BACKOFF), ping)
