@@ -5,13 +5,15 @@ Synapse's log. The command reads homeserver.yaml the way Synapse does (`homeserv
 the module's config with the very parser Synapse calls at startup, asks the installed Synapse
 which callbacks each door would register (`installed`), then talks to the antispam server
 through the module's own forwarder (`run`): a ping, and one clearly marked synthetic request
-per callback the module would send (`synthetic`). The answers are judged (`judge`) into a
-`Report` (`report`), printed as text or JSON (`render`); `cli` is the command line.
+per callback the module would send (`synthetic`). Each answer becomes a row (`rows`), judged
+(`judge`) into a `Report` (`report`) with one `Instance` per entry of the module, printed as
+text or JSON (`render`); `cli` is the command line.
 
 Exit codes: 0 everything the config enables works; 1 the antispam server does not work as
 configured (unreachable, timeouts, refused credentials, errors, unimplemented callbacks that the
 config names explicitly); 2 the configuration itself is wrong (Synapse would not start, or
-would load the module wrongly: twice, through both doors, or the wrong class).
+would load the module wrongly: twice for one server, through both doors, or the wrong class).
+With several entries (one per antispam server), the exit code is the worst of them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from synapse_http_antispam.check.homeserver import (
     PACKAGE,
     CheckError,
     Entry,
+    doubled,
     entry_problems,
     find_config_files,
     find_entries,
@@ -31,9 +34,10 @@ from synapse_http_antispam.check.homeserver import (
     validate,
 )
 from synapse_http_antispam.check.installed import SynapseInfo, synapse_info, would_send
-from synapse_http_antispam.check.judge import Row, judge, ping_text, row_for
+from synapse_http_antispam.check.judge import judge
 from synapse_http_antispam.check.render import render_json, render_text, summary
-from synapse_http_antispam.check.report import EXIT_CONFIG, EXIT_OK, EXIT_SERVER, Report
+from synapse_http_antispam.check.report import EXIT_CONFIG, EXIT_OK, EXIT_SERVER, Instance, Report
+from synapse_http_antispam.check.rows import Row, ping_text, row_for
 from synapse_http_antispam.check.run import Options, prepare, probe, run_check
 from synapse_http_antispam.check.synthetic import (
     CHECK_EVENT_ID,
@@ -63,11 +67,13 @@ __all__ = [
     "PACKAGE",
     "CheckError",
     "Entry",
+    "Instance",
     "Options",
     "Report",
     "Row",
     "SynapseInfo",
     "build_parser",
+    "doubled",
     "entry_problems",
     "fake_arguments",
     "find_config_files",

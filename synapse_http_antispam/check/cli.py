@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from twisted.internet import defer, task
 
+from synapse_http_antispam import __version__
 from synapse_http_antispam.check.homeserver import (
     PACKAGE,
 )
@@ -24,11 +25,34 @@ from synapse_http_antispam.check.synthetic import (
 )
 
 
+def version_text() -> str:
+    """This package's version, and the installed Synapse's where this Python can import it."""
+    try:
+        import synapse
+
+        synapse_text = f"Synapse {synapse.__version__}"
+    except ImportError:
+        synapse_text = f"Synapse: not importable from {sys.executable}"
+    return f"synapse-http-antispam {__version__}\n{synapse_text}\n"
+
+
+class _Version(argparse.Action):
+    """`--version`: asks Synapse for its version only when it is wanted (importing it is slow)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = "version", **_: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        sys.stdout.write(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synapse-http-antispam",
         description="Tools for the synapse-http-antispam Synapse module.",
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser(
         "check",
@@ -42,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             "configured; 2: the configuration is wrong."
         ),
     )
+    check.add_argument("--version", action=_Version)
     check.add_argument(
         "-c",
         "--config-path",

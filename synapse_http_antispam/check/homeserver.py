@@ -130,16 +130,6 @@ def entry_problems(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
             f"{PACKAGE} is not configured: no `modules:` entry with module {MODULE_CLASS} and no "
             f"`spam_checker:` entry with module {LEGACY_CLASS}"
         )
-    if len(entries) > 1:
-        sections = {e.section for e in entries}
-        places = ", ".join(f"{e.where} ({e.module})" for e in entries)
-        both = " under both `modules:` and `spam_checker:`" if len(sections) > 1 else ""
-        times = "twice" if len(entries) == 2 else f"{len(entries)} times"
-        fatal.append(
-            f"the module is configured {times}{both}: {places}. Synapse loads each entry, so "
-            f"every check would be sent to the antispam server {times}. Keep one (`modules:` "
-            "from Synapse 1.37)."
-        )
     for e in entries:
         if e.door is None:
             fatal.append(
@@ -192,3 +182,35 @@ def validate(entry: Entry) -> Config | str:
         return parse_config(entry.raw or {})
     except Exception as e:
         return format_config_error(entry, e)
+
+
+def doubled(checked: Sequence[tuple[Entry, str, frozenset[str]]]) -> list[str]:
+    """Fatal problems among valid entries, given as (entry, base_url, callbacks it would send).
+
+    Entries for different antispam servers are fine side by side. Two for the same base_url
+    are a problem when both would send one callback (each such check would reach the server
+    twice), and always when one is under `modules:` and the other under `spam_checker:`.
+    """
+    fatal: list[str] = []
+    for i, (first, url, sent) in enumerate(checked):
+        for second, other_url, other_sent in checked[i + 1 :]:
+            if url != other_url:
+                continue
+            places = f"{first.where} ({first.module}) and {second.where} ({second.module})"
+            if first.section != second.section:
+                fatal.append(
+                    f"the module is configured twice for {url}, under both `modules:` and "
+                    f"`spam_checker:`: {places}. Synapse loads each entry, so every check would "
+                    "be sent to the antispam server twice. Keep one (`modules:` from Synapse "
+                    "1.37)."
+                )
+                continue
+            both = sorted(sent & other_sent)
+            if both:
+                fatal.append(
+                    f"the module is configured twice for {url}: {places} both send "
+                    f"{', '.join(both)}, so each such check would be sent to the antispam server "
+                    "twice. Keep one entry, or split the callbacks between them with "
+                    "enabled_callbacks."
+                )
+    return fatal

@@ -15,15 +15,18 @@ from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES, NAMES
 from synapse_http_antispam.check.homeserver import (
     LEGACY_CLASS,
     CheckError,
+    Entry,
+    doubled,
     entry_problems,
     find_config_files,
     find_entries,
     read_config_files,
     validate,
 )
-from synapse_http_antispam.check.installed import synapse_info, would_send
-from synapse_http_antispam.check.judge import Row, judge, row_for
-from synapse_http_antispam.check.report import Report
+from synapse_http_antispam.check.installed import SynapseInfo, synapse_info, would_send
+from synapse_http_antispam.check.judge import judge
+from synapse_http_antispam.check.report import Instance, Report
+from synapse_http_antispam.check.rows import Row, row_for
 from synapse_http_antispam.check.synthetic import (
     CHECK_HEADER,
     CHECK_HEADER_VALUE,
@@ -54,8 +57,27 @@ def _check_config(probe_config: Config) -> Config:
     )
 
 
-def prepare(options: Options) -> tuple[Report, Config | None]:
-    """Everything before the network: read, find, validate, ask Synapse. Pure but for files."""
+def _instance(entry: Entry, config: Config, info: SynapseInfo | None) -> Instance:
+    """An instance with everything known before the network: what it would send."""
+    instance = Instance(entry, config.label, base_url=config.base_url)
+    send, unsupported = would_send(entry, config, info)
+    instance.door_callbacks = send
+    instance.enabled = [n for n in CALLBACKS if config.is_enabled(n)]
+    instance.explicit = config.enabled_callbacks is not None
+    instance.not_enabled = [n for n in CALLBACKS if not config.is_enabled(n)]
+    for name in unsupported:
+        why = ""
+        if entry.door == "spam_checker" and name not in LEGACY_NAMES:
+            why = "the spam_checker: door cannot carry it"
+        instance.rows.append(row_for(name, config, None, "not_registered", why))
+    return instance
+
+
+def prepare(options: Options) -> tuple[Report, list[tuple[Instance, Config]]]:
+    """Everything before the network: read, find, validate, ask Synapse. Pure but for files.
+
+    Returns the report so far, and each instance whose config is valid, with its config.
+    """
     report = Report()
     try:
         report.files, notes = find_config_files(options.config_paths)
@@ -64,42 +86,37 @@ def prepare(options: Options) -> tuple[Report, Config | None]:
         report.notes.extend(notes)
     except CheckError as e:
         report.fatal.append(str(e))
-        return report, None
+        return report, []
     report.entries = find_entries(merged)
     fatal, warnings = entry_problems(report.entries)
     report.fatal.extend(fatal)
-    report.warnings.extend(warnings)
-    config: Config | None = None
+    report.general_warnings.extend(warnings)
+    info = report.synapse = synapse_info()
+    report.synapse_checked = True
+    valid: list[tuple[Instance, Config]] = []
     for entry in report.entries:
         if entry.door is None:
             continue
         result = validate(entry)
         if isinstance(result, str):
-            report.config_errors.append(result)
-        elif config is None:
-            report.entry, config = entry, result
-    report.synapse = synapse_info()
-    report.synapse_checked = True
-    if config is None or report.entry is None:
-        return report, None
-    info = report.synapse
-    if report.entry.door == "modules" and info is not None and info.modules is None:
+            report.instances.append(Instance(entry, entry.where, config_errors=[result]))
+            continue
+        instance = _instance(entry, result, info)
+        report.instances.append(instance)
+        valid.append((instance, result))
+    modules = [i for i, _ in valid if i.entry.door == "modules"]
+    if modules and info is not None and info.modules is None:
         report.fatal.append(
             f"Synapse {info.version} has no `modules:` section (it arrived in 1.37): use "
             f"{LEGACY_CLASS} under `spam_checker:`"
         )
-    send, unsupported = would_send(report.entry, config, info)
-    report.door_callbacks = send
-    report.not_enabled = [n for n in CALLBACKS if not config.is_enabled(n)]
-    for name in unsupported:
-        why = ""
-        if report.entry.door == "spam_checker" and name not in LEGACY_NAMES:
-            why = "the spam_checker: door cannot carry it"
-        report.rows.append(row_for(name, config, None, "not_registered", why))
-    return report, config
+    report.fatal.extend(
+        doubled([(i.entry, c.base_url, frozenset(i.door_callbacks or ())) for i, c in valid])
+    )
+    return report, valid
 
 
-async def probe(report: Report, config: Config, options: Options, reactor: Any = None) -> None:
+async def probe(instance: Instance, config: Config, options: Options, reactor: Any = None) -> None:
     """Ping, then one synthetic request per callback the module would send."""
     forwarder = Forwarder(
         _check_config(config),
@@ -107,15 +124,15 @@ async def probe(report: Report, config: Config, options: Options, reactor: Any =
         user_agent=f"synapse-http-antispam/{__version__} Synapse/{synapse_version_string()}",
         extra_headers={CHECK_HEADER: CHECK_HEADER_VALUE},
     )
-    report.base_url = forwarder.url
-    names = report.door_callbacks or []
+    names = instance.door_callbacks or []
     try:
         ping = await forwarder.ping_once()
-        report.ping = {
+        instance.ping = {
             "outcome": ping.outcome,
             "http_status": ping.http_status,
             "seconds": round(ping.seconds, 4),
             "id": ping.ping_id,
+            "detail": ping.detail,
         }
         if not options.probe:
             rows = [row_for(n, config, None, "not_probed") for n in names]
@@ -139,7 +156,7 @@ async def probe(report: Report, config: Config, options: Options, reactor: Any =
             rows = [row_for(n, config, v) for n, v in zip(names, verdicts)]
     finally:
         await forwarder.close()
-    report.rows = in_catalogue_order([*report.rows, *rows])
+    instance.rows = in_catalogue_order([*instance.rows, *rows])
 
 
 def in_catalogue_order(rows: Sequence[Row]) -> list[Row]:
@@ -148,25 +165,17 @@ def in_catalogue_order(rows: Sequence[Row]) -> list[Row]:
 
 async def run_check(options: Options, reactor: Any = None) -> Report:
     """The whole check. Never raises for anything the admin can fix: it all goes in the report."""
-    report, config = prepare(options)
-    if config is None or report.entry is None:
-        return report
-    if options.network:
-        await probe(report, config, options, reactor)
-    else:
-        report.base_url = config.base_url
-        report.rows = in_catalogue_order(
-            [
-                *report.rows,
-                *(
-                    row_for(n, config, None, "not_probed", "not sent (--offline)")
-                    for n in report.door_callbacks or []
-                ),
+    report, valid = prepare(options)
+    for instance, config in valid:
+        if options.network:
+            await probe(instance, config, options, reactor)
+        else:
+            offline = [
+                row_for(n, config, None, "not_probed", "not sent (--offline)")
+                for n in instance.door_callbacks or []
             ]
-        )
-    problems, warnings = judge(
-        config, config.enabled_callbacks is not None, report.ping, report.rows
-    )
-    report.problems.extend(problems)
-    report.warnings.extend(warnings)
+            instance.rows = in_catalogue_order([*instance.rows, *offline])
+        problems, warnings = judge(config, instance.explicit, instance.ping, instance.rows)
+        instance.problems.extend(problems)
+        instance.warnings.extend(warnings)
     return report
