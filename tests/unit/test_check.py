@@ -296,7 +296,9 @@ async def test_draupnir_style_server_with_its_documented_config(
         if name in sent_callbacks():
             assert statuses(report)[name] == "allow"
     text = render_text(report)
-    assert "fail open, async" in text
+    assert "async (always allowed)" in text
+    assert "fail open, async" not in text
+    assert "3 enabled (enabled_callbacks)" in text
 
 
 @pytest_twisted.ensureDeferred
@@ -344,8 +346,9 @@ def test_a_wrong_token_is_an_auth_problem(tmp_path: Path, server: AntispamServer
     result = cli("-c", str(homeserver(tmp_path, config)), "--json")
     assert result.returncode == EXIT_SERVER, result.stdout
     report = json.loads(result.stdout)
-    assert report["ping"]["outcome"] == "auth"
-    [row] = report["callbacks"]
+    [instance] = report["instances"]
+    assert instance["ping"]["outcome"] == "auth"
+    [row] = instance["callbacks"]
     assert (row["status"], row["failure"], row["http_status"]) == ("failure", "auth", 401)
     assert any("authorization" in p for p in report["problems"])
 
@@ -410,6 +413,10 @@ async def test_https_with_the_configured_ca_file(tmp_path: Path) -> None:
         config = {"base_url": tls_server.base_url, "enabled_callbacks": ["user_may_invite"]}
         untrusted = await check(homeserver(tmp_path, config))
         assert untrusted.exit_code == EXIT_SERVER
+        assert untrusted.ping is not None and untrusted.ping["outcome"] == "tls"
+        assert {r.failure for r in untrusted.rows} == {"tls"}
+        assert any("ca_file" in p and "certificate" in p for p in untrusted.problems)
+        assert not any("is the server running" in p for p in untrusted.problems)
         report = await check(homeserver(tmp_path, {**config, "ca_file": str(ca_file)}))
         assert report.exit_code == EXIT_OK, render_text(report)
 
@@ -424,7 +431,7 @@ def test_no_probe_and_offline(tmp_path: Path, server: AntispamServer) -> None:
     result = cli("-c", str(path), "--offline", "--json")
     assert result.returncode == EXIT_OK
     assert server.requests == []
-    assert json.loads(result.stdout)["ping"] is None
+    assert json.loads(result.stdout)["instances"][0]["ping"] is None
 
 
 def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
@@ -435,20 +442,38 @@ def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
     assert result.returncode == report["exit_code"] == EXIT_OK
     assert report["ok"] is True
     assert set(report) >= {
+        "ok",
+        "exit_code",
+        "version",
         "config_files",
         "entries",
-        "checked_entry",
         "config_errors",
         "synapse",
-        "base_url",
-        "ping",
-        "callbacks",
+        "instances",
         "fatal",
         "problems",
         "warnings",
+        "notes",
     }
-    assert report["ping"]["outcome"] == "ok"
-    [row] = report["callbacks"]
+    [instance] = report["instances"]
+    assert set(instance) >= {
+        "label",
+        "path",
+        "section",
+        "ok",
+        "exit_code",
+        "config_errors",
+        "base_url",
+        "enabled_callbacks",
+        "ping",
+        "callbacks",
+        "problems",
+        "warnings",
+    }
+    assert instance["label"] == instance["base_url"] == server.base_url
+    assert instance["enabled_callbacks"] == ["user_may_invite"]
+    assert instance["ping"]["outcome"] == "ok"
+    [row] = instance["callbacks"]
     assert row["callback"] == "user_may_invite"
     assert (row["status"], row["served"], row["errcode"], row["message"]) == (
         "reject",
@@ -541,7 +566,14 @@ async def test_meowlnir_with_a_wrong_secret(
     assert report.exit_code == EXIT_SERVER
     row = {r.callback: r for r in report.rows}["user_may_invite"]
     if legacy_auth:  # v0.6.0 and older: 500 M_UNKNOWN "Invalid antispam secret"
+        # The module counts it as a server error; check names it for what it says.
         assert (row.failure, row.http_status) == ("http_status", 500)
+        assert row.cause == "credentials"
+        assert "Invalid antispam secret" in row.detail
+        assert row.answer == "FAILED: credentials refused (HTTP 500)"
+        [problem] = [p for p in report.problems if "user_may_invite" in p]
+        assert "Invalid antispam secret" in problem and "authorization" in problem
+        assert "server error" not in render_text(report)
     else:
         assert (row.failure, row.http_status) == ("auth", 401)
         assert any("authorization" in p for p in report.problems)
@@ -565,8 +597,9 @@ def test_draupnir_with_its_documented_config(
     result = cli("-c", str(path), "--json")
     report = json.loads(result.stdout)
     assert result.returncode == EXIT_OK, result.stdout
-    assert report["ping"]["outcome"] == "ok"
-    for row in report["callbacks"]:
+    [instance] = report["instances"]
+    assert instance["ping"]["outcome"] == "ok"
+    for row in instance["callbacks"]:
         assert row["status"] == (
             "allow" if row["callback"] in sent_callbacks() else "not_registered"
         )
@@ -596,3 +629,197 @@ async def test_draupnir_with_a_wrong_token(tmp_path: Path, draupnir: Any) -> Non
     assert report.exit_code == EXIT_SERVER
     assert report.ping is not None and report.ping["outcome"] == "auth"
     assert {r.failure for r in report.rows if r.status != "not_registered"} == {"auth"}
+
+
+# ---- causes named for what they are ------------------------------------------------------------
+
+
+def test_nothing_behind_base_url_is_the_antispam_server(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Every callback and the ping a framework's 404: a failure naming base_url, not "NOT
+    IMPLEMENTED, exit 0" with advice to set `enabled_callbacks: []`."""
+    server.set(None, HTML_404)
+    path = homeserver(tmp_path, {"base_url": server.base_url})
+    result = cli("-c", str(path), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == report["exit_code"] == EXIT_SERVER, result.stdout
+    assert report["ok"] is False
+    [instance] = report["instances"]
+    assert {r["failure"] for r in instance["callbacks"] if r["status"] != "not_registered"} == {
+        "no_antispam_server"
+    }
+    [problem] = [p for p in report["problems"] if "does not reach an antispam server" in p]
+    assert server.base_url in problem and "host, port and path" in problem
+    assert not any("enabled_callbacks: [" in w for w in report["warnings"])
+    text = cli("-c", str(path)).stdout
+    assert "NOT IMPLEMENTED" not in text and "FAILED" in text.splitlines()[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_is_named_as_one(tmp_path: Path, server: AntispamServer) -> None:
+    server.set(None, Behaviour(status=308, headers={"Location": "https://elsewhere.invalid/"}))
+    config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    [row] = report.rows
+    assert row.answer == "FAILED: redirect, not followed (HTTP 308)"
+    assert any("final URL" in p and p.startswith("user_may_invite") for p in report.problems)
+    assert any(p.startswith("ping: FAILED: redirect") for p in report.problems)
+    assert "server error" not in render_text(report)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_404_ping_names_the_management_room(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Issue 18 item 7: not "error answer without a JSON object"."""
+    server.set(
+        "ping",
+        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", 404),
+    )
+    config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
+    report = await check(homeserver(tmp_path, config))
+    assert report.exit_code == EXIT_SERVER
+    [problem] = [p for p in report.problems if p.startswith("ping:")]
+    assert "M_NOT_FOUND: Antispam configuration issue: policy list not found" in problem
+    assert "management room" in problem
+    text = render_text(report)
+    assert "without a JSON object" not in text
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_ca_file_that_is_not_pem_is_a_config_error(
+    tmp_path: Path, server: AntispamServer, offline: bool
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not a certificate\n")
+    path = homeserver(tmp_path, {"base_url": server.base_url, "ca_file": str(ca_file)})
+    result = cli("-c", str(path), *(["--offline"] if offline else []))
+    assert result.returncode == EXIT_CONFIG, result.stdout
+    assert "ca_file" in result.stdout and "CONFIG ERROR" in result.stdout
+    assert server.requests == []
+
+
+def test_version() -> None:
+    for args in (["--version"], ["check", "--version"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "synapse_http_antispam", *args], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        from synapse_http_antispam import __version__
+
+        first, second = result.stdout.splitlines()
+        assert first == f"synapse-http-antispam {__version__}"
+        if INFO is not None:
+            assert second == f"Synapse {INFO.version}" or second.startswith("Synapse ")
+        else:
+            assert "not importable" in second
+
+
+# ---- several entries of the module -------------------------------------------------------------
+
+
+def several(tmp_path: Path, *configs: dict[str, Any]) -> Path:
+    """The module listed once per config, through the door this Synapse has."""
+    section = "modules" if MODERN else "spam_checker"
+    module = "HTTPAntispam" if MODERN else "LegacyHTTPAntispam"
+    entries = [{"module": f"synapse_http_antispam.{module}", "config": c} for c in configs]
+    return write(tmp_path / "hs.yaml", {"server_name": "x", section: entries})
+
+
+@pytest.fixture
+def other_server() -> Iterator[AntispamServer]:
+    with AntispamServer() as s:
+        yield s
+
+
+def test_two_entries_for_two_servers(
+    tmp_path: Path, server: AntispamServer, other_server: AntispamServer
+) -> None:
+    """Meowlnir for invites, Draupnir for messages: one section each."""
+    draupnir_like(other_server)
+    path = several(
+        tmp_path,
+        {
+            "name": "meowlnir",
+            "base_url": server.base_url,
+            "enabled_callbacks": ["user_may_invite"],
+        },
+        {"base_url": other_server.base_url, "enabled_callbacks": ["check_event_for_spam"]},
+    )
+    result = cli("-c", str(path))
+    assert result.returncode == EXIT_OK, result.stdout
+    assert "== meowlnir ==" in result.stdout
+    assert f"== {other_server.base_url} ==" in result.stdout
+    assert "configured twice" not in result.stdout
+    report = json.loads(cli("-c", str(path), "--json").stdout)
+    assert report["ok"] is True
+    assert [i["label"] for i in report["instances"]] == ["meowlnir", other_server.base_url]
+    assert [[r["callback"] for r in i["callbacks"]] for i in report["instances"]] == [
+        ["user_may_invite"],
+        ["check_event_for_spam"],
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_entries_for_one_server_sending_one_callback_twice(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    path = several(
+        tmp_path,
+        {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]},
+        {
+            "base_url": server.base_url + "/",
+            "enabled_callbacks": ["user_may_invite", "check_event_for_spam"],
+        },
+    )
+    report = await check(path, network=False)
+    assert report.exit_code == EXIT_CONFIG
+    [problem] = report.fatal
+    assert "configured twice" in problem and "user_may_invite" in problem
+    assert "check_event_for_spam" not in problem
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_entries_for_one_server_with_disjoint_callbacks(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    path = several(
+        tmp_path,
+        {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]},
+        {"base_url": server.base_url, "enabled_callbacks": ["check_event_for_spam"]},
+    )
+    report = await check(path)
+    assert report.fatal == []
+    assert report.exit_code == EXIT_OK, render_text(report)
+    assert len(report.instances) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_entry_down_one_up(tmp_path: Path, server: AntispamServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    path = several(
+        tmp_path,
+        {"name": "down", "base_url": dead, "enabled_callbacks": ["user_may_invite"]},
+        {"name": "up", "base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]},
+    )
+    report = await check(path)
+    assert report.exit_code == EXIT_SERVER
+    down, up = report.instances
+    assert down.exit_code == EXIT_SERVER and down.problems
+    assert up.exit_code == EXIT_OK and up.problems == []
+    assert all(p.startswith("[down] ") for p in report.problems)
+    text = render_text(report)
+    assert "up: OK:" in text and "down: FAILED:" in text
+    assert text.rstrip().splitlines()[-1].startswith("FAILED:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_entry_invalid_one_valid(tmp_path: Path, server: AntispamServer) -> None:
+    path = several(tmp_path, {"timout": 3}, {"base_url": server.base_url})
+    report = await check(path)
+    assert report.exit_code == EXIT_CONFIG
+    bad, good = report.instances
+    assert bad.config_errors and bad.label.endswith("<item 0>")
+    assert good.exit_code == EXIT_OK
