@@ -2,8 +2,9 @@
 
 A call travels: the not-implemented memory (`endpoints`), the request size cap, the circuit
 breaker, then `sending` (the deadline, the limiter, the breaker told what happened) around one
-HTTP exchange (`wire`), and the meaning of the answer (`answers`). Everything here is plain Twisted and treq with no Synapse import, so it can be
-tested and benchmarked against a real local HTTP server without booting a homeserver.
+HTTP exchange (`wire`), and the meaning of the answer (`answers`). Everything here is plain
+Twisted and treq with no Synapse import, so it can be tested and benchmarked against a real
+local HTTP server without booting a homeserver.
 """
 
 from __future__ import annotations
