@@ -36,6 +36,7 @@ from synapse_http_antispam.verdict import (
     Outcome,
     Verdict,
     failed,
+    unenforced,
 )
 from synapse_http_antispam.wire import Answer, Wire, encode
 
@@ -114,12 +115,20 @@ class Forwarder:
     # ---- the decision path --------------------------------------------------------------
 
     async def check(
-        self, name: str, kind: Kind, payload: Mapping[str, Any], *, report: bool = True
+        self,
+        name: str,
+        kind: Kind,
+        payload: Mapping[str, Any],
+        *,
+        report: bool = True,
+        enforce: bool = True,
     ) -> Verdict:
         """The verdict for one callback call. Never raises, but passes a cancellation on.
 
         With report=False the caller logs the outcome through `report`, from its own log
-        context, so that Synapse's log line carries the request it belongs to.
+        context, so that Synapse's log line carries the request it belongs to. With
+        enforce=False (`report_only`, `async`) the verdict is its `unenforced` twin, counted
+        and logged as such, never as an enforced rejection.
         """
         if self.known_unimplemented(name):
             return self.skip_unimplemented(name)
@@ -139,6 +148,8 @@ class Forwarder:
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
         seconds = self._reactor.seconds() - start
         verdict = attrs.evolve(verdict, request_id=request_id, http_status=status, seconds=seconds)
+        if not enforce:
+            verdict = unenforced(verdict)
         self._observer.decided(name, verdict)
         if report:
             self.report(name, verdict)
@@ -146,10 +157,14 @@ class Forwarder:
 
     def report(self, name: str, verdict: Verdict) -> None:
         """One WARNING per failure: callback, outcome, reason, duration, status, request id.
+        One INFO per refusal not enforced (`report_only`, `async`): callback, errcode,
+        message, request id.
 
         Calls skipped by an open breaker are not logged one by one; the breaker logs opening
         and closing, and metrics count them.
         """
+        if verdict.outcome is Outcome.WOULD_REJECT or verdict.would_shadow_ban:
+            self._report_unenforced(name, verdict)
         if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
             return
         self.log.warning(
@@ -159,6 +174,23 @@ class Forwarder:
             verdict.failure.value,
             verdict.seconds * 1000,
             f", HTTP {verdict.http_status}" if verdict.http_status is not None else "",
+            verdict.request_id,
+        )
+
+    def _report_unenforced(self, name: str, verdict: Verdict) -> None:
+        why = "async" if name in self._config.background else "report_only"
+        if verdict.would_shadow_ban:
+            asked = "would shadow-ban"
+        else:
+            message = verdict.message or ""
+            message = message if len(message) <= 200 else message[:197] + "..."
+            asked = f"would reject: {verdict.errcode} {message!r}"
+        self.log.info(
+            "Antispam %s %s (%s, not enforced) after %.0f ms [X-Request-ID %s]",
+            name,
+            asked,
+            why,
+            verdict.seconds * 1000,
             verdict.request_id,
         )
 
@@ -297,7 +329,8 @@ class Forwarder:
         def done(_: object) -> None:
             self.background_running -= 1
 
-        defer.ensureDeferred(self.check(name, kind, payload)).addBoth(done)
+        # The action went through already: the answer is recorded, never enforced.
+        defer.ensureDeferred(self.check(name, kind, payload, enforce=False)).addBoth(done)
         return BACKGROUND
 
     # ---- ping: at startup (`do_ping`), for the breaker's probe, for evidence, for `check` --
