@@ -429,6 +429,8 @@ class Row:
     fail_open: bool
     background: bool
     seconds: float | None = None
+    # report_only: the answer is recorded, never enforced (issue 21)
+    report_only: bool = False
     http_status: int | None = None
     errcode: str | None = None
     message: str | None = None
@@ -451,7 +453,8 @@ class Row:
     @property
     def policy(self) -> str:
         text = "fail open" if self.fail_open else "fail closed"
-        return f"{text}, async" if self.background else text
+        text = f"{text}, async" if self.background else text
+        return f"{text}, report only" if self.report_only else text
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -468,6 +471,7 @@ class Row:
             "slow": self.slow,
             "fail_open": self.fail_open,
             "async": self.background,
+            "report_only": self.report_only,
         }
 
 
@@ -515,6 +519,7 @@ def row_for(
         timeout=config.timeout_for(name),
         fail_open=config.fails_open(name),
         background=name in config.background,
+        report_only=name in config.report_only,
         seconds=None if verdict is None else verdict.seconds,
         http_status=None if verdict is None else verdict.http_status,
         errcode=verdict.errcode if verdict is not None and rejected else None,

@@ -81,6 +81,16 @@ def test_report_only_config_errors(raw: Any, words: str) -> None:
     assert "report_only" in error and words in error, error
 
 
+def test_check_marks_report_only_callbacks() -> None:
+    from synapse_http_antispam.check import row_for
+
+    config = parse_config({"base_url": "http://x", "report_only": ["user_may_invite"]})
+    marked = row_for("user_may_invite", config, rejection({"errcode": "M_FORBIDDEN"}))
+    assert marked.policy == "fail closed, report only" and marked.as_json()["report_only"]
+    plain = row_for("user_may_join_room", config, ALLOW)
+    assert plain.policy == "fail closed" and plain.as_json()["report_only"] is False
+
+
 # ---- the pure mapping ---------------------------------------------------------------------
 
 
