@@ -9,6 +9,7 @@ A callback left out of `report_only` stays enforced.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -51,6 +52,7 @@ def world(request: pytest.FixtureRequest, antispam: AntispamServer, boot: BootSy
     config = module_config(
         antispam.base_url,
         report_only=REPORTED,
+        **{"async": {"user_may_create_room_alias": True}},
         name=f"report-{door}",
         circuit_breaker={"failure_threshold": 0},
     )
@@ -151,3 +153,23 @@ def test_other_callbacks_stay_enforced(world: World, antispam: AntispamServer) -
     assert status == 403, body
     assert world.count("user_may_create_room", "rejected") == 1
     assert not reported_lines(world.synapse, "user_may_create_room")
+
+
+def test_async_rejection_is_would_reject_not_rejected(
+    world: World, antispam: AntispamServer
+) -> None:
+    """An `async` callback's action goes through before the server answers; its refusal is
+    counted as `would_reject`, never as `rejected`, and logged the same way."""
+    room_id = world.room()
+    antispam.set("user_may_create_room_alias", reject("M_FORBIDDEN", "Alias squatting"))
+    status, body = world.alice.create_alias(f"#watched-{world.door}:test.local", room_id)
+    assert status == 200, body
+    [call] = antispam.wait_for("user_may_create_room_alias")
+    deadline = time.monotonic() + 10
+    while world.count("user_may_create_room_alias", "would_reject") < 1:
+        assert time.monotonic() < deadline, "the background answer was not counted"
+        time.sleep(0.05)
+    assert world.count("user_may_create_room_alias", "rejected") == 0
+    lines = reported_lines(world.synapse, "user_may_create_room_alias")
+    [line] = [line for line in lines if call.headers["x-request-id"] in line]
+    assert "'Alias squatting' (async, not enforced)" in line
