@@ -50,6 +50,8 @@ class Config:
     token: str | None = attrs.field(default=None, repr=False)
     enabled_callbacks: frozenset[str] | None = None
     background: frozenset[str] = frozenset()
+    # Forwarded and waited for, but never enforced: every action is allowed, refusals logged.
+    report_only: frozenset[str] = frozenset()
     fail_open: Mapping[str, bool] = attrs.field(factory=dict)
     do_ping: bool = False
     timeout: float = DEFAULT_TIMEOUT
@@ -73,6 +75,11 @@ class Config:
     def is_enabled(self, name: str) -> bool:
         return self.enabled_callbacks is None or name in self.enabled_callbacks
 
+    def enforces(self, name: str) -> bool:
+        """Whether the server's answer (or the failure policy) decides this callback's action:
+        not for `report_only` callbacks, nor for `async` ones, which are allowed at once."""
+        return name not in self.report_only and name not in self.background
+
     def fails_open(self, name: str) -> bool:
         return self.fail_open.get(name, CALLBACKS[name].fail_open)
 
@@ -90,6 +97,7 @@ KEYS = (
     "authorization_path",
     "enabled_callbacks",
     "async",
+    "report_only",
     "fail_open",
     "do_ping",
     "timeout",
@@ -240,6 +248,22 @@ def _enabled(raw: Any) -> frozenset[str] | None:
     return frozenset(_callback_name("enabled_callbacks", name) for name in raw)
 
 
+def _report_only(raw: Any) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    if raw == "*" or (isinstance(raw, (list, tuple)) and list(raw) == ["*"]):
+        return frozenset(NAMES)
+    if isinstance(raw, str) and raw in CALLBACKS:
+        raise _fail(
+            "report_only", f'expected a list of callback names or "*", got {raw!r}: write [{raw}]'
+        )
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        raise _fail("report_only", f'expected a list of callback names or "*", got {raw!r}')
+    if "*" in raw:
+        raise _fail("report_only", '"*" stands alone: it means every callback')
+    return frozenset(_callback_name("report_only", name) for name in raw)
+
+
 def _breaker(raw: Any) -> BreakerConfig:
     if raw is None:
         return BreakerConfig()
@@ -295,6 +319,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
         background=frozenset(
             name for name, on in _callback_map("async", raw.get("async"), _bool).items() if on
         ),
+        report_only=_report_only(raw.get("report_only")),
         fail_open=_callback_map("fail_open", raw.get("fail_open"), _bool),
         do_ping=_bool("do_ping", raw.get("do_ping", False)),
         timeout=_seconds("timeout", raw.get("timeout", default.timeout)),

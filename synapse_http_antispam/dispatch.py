@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 from synapse_http_antispam import __version__
@@ -39,9 +39,22 @@ class Dispatcher:
         self.log = self.forwarder.log
         self._options = config.payload_options
 
+    def announce_report_only(self, registered: Iterable[str]) -> None:
+        """One INFO line at startup naming the callbacks in report-only mode, if any."""
+        wanted = self.config.report_only & set(registered)
+        names = [name for name in CALLBACKS if name in wanted]
+        if names:
+            self.log.info(
+                "Report-only mode (answers recorded, never enforced) for: %s", ", ".join(names)
+            )
+
     async def answer(self, spec: Callback, args: Mapping[str, Any]) -> Any:
         """The value to return to Synapse for one call. Never raises."""
         verdict = await self._verdict(spec, args)
+        if spec.name in self.config.report_only:
+            # Whatever the server answered or however it failed (logged and counted on the
+            # way): the action goes through exactly as if the server had allowed it.
+            verdict = ALLOW
         return to_synapse(spec.kind, verdict, self.caps)
 
     async def _verdict(self, spec: Callback, args: Mapping[str, Any]) -> Verdict:
@@ -59,7 +72,11 @@ class Dispatcher:
         if name in self.config.background:
             with outside_log_context():
                 return self.forwarder.background(name, spec.kind, payload)
-        verdict = await call_external(self.forwarder.check(name, spec.kind, payload, report=False))
+        verdict = await call_external(
+            self.forwarder.check(
+                name, spec.kind, payload, report=False, enforce=self.config.enforces(name)
+            )
+        )
         self.forwarder.report(name, verdict)  # back in the request's log context
         return verdict
 

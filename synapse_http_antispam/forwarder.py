@@ -24,7 +24,7 @@ from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.endpoints import Endpoints
 from synapse_http_antispam.guards import Breaker, Limiter
-from synapse_http_antispam.log import instance_log, report_failure
+from synapse_http_antispam.log import instance_log, report_verdict
 from synapse_http_antispam.metrics import NullObserver, Observer
 from synapse_http_antispam.pinger import Pinger
 from synapse_http_antispam.sending import Sender
@@ -36,6 +36,7 @@ from synapse_http_antispam.verdict import (
     Outcome,
     Verdict,
     failed,
+    unenforced,
 )
 from synapse_http_antispam.wire import Wire, encode
 
@@ -115,12 +116,20 @@ class Forwarder:
     # ---- the decision path --------------------------------------------------------------
 
     async def check(
-        self, name: str, kind: Kind, payload: Mapping[str, Any], *, report: bool = True
+        self,
+        name: str,
+        kind: Kind,
+        payload: Mapping[str, Any],
+        *,
+        report: bool = True,
+        enforce: bool = True,
     ) -> Verdict:
         """The verdict for one callback call. Never raises, but passes a cancellation on.
 
         With report=False the caller logs the outcome through `report`, from its own log
-        context, so that Synapse's log line carries the request it belongs to.
+        context, so that Synapse's log line carries the request it belongs to. With
+        enforce=False (`report_only`, `async`) the verdict is its `unenforced` twin, counted
+        and logged as such, never as an enforced rejection.
         """
         if self.known_unimplemented(name):
             return self.skip_unimplemented(name)
@@ -140,13 +149,16 @@ class Forwarder:
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
         seconds = self._reactor.seconds() - start
         verdict = attrs.evolve(verdict, request_id=request_id, http_status=status, seconds=seconds)
+        if not enforce:
+            verdict = unenforced(verdict)
         self._observer.decided(name, verdict)
         if report:
             self.report(name, verdict)
         return verdict
 
     def report(self, name: str, verdict: Verdict) -> None:
-        report_failure(self.log, name, verdict)
+        why = "async" if name in self._config.background else "report_only"
+        report_verdict(self.log, name, verdict, why)
 
     async def _check(
         self, name: str, kind: Kind, payload: Mapping[str, Any], request_id: str
@@ -184,7 +196,8 @@ class Forwarder:
         def done(_: object) -> None:
             self.background_running -= 1
 
-        defer.ensureDeferred(self.check(name, kind, payload)).addBoth(done)
+        # The action went through already: the answer is recorded, never enforced.
+        defer.ensureDeferred(self.check(name, kind, payload, enforce=False)).addBoth(done)
         return BACKGROUND
 
     # ---- ping: at startup (`do_ping`), for the breaker's probe, for evidence, for `check` --

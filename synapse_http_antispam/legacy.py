@@ -42,6 +42,11 @@ class LegacyHTTPAntispam:
                     "release; skipped (list the module under modules: to use it)",
                     name,
                 )
+        self._dispatcher.announce_report_only(
+            name
+            for name in LEGACY_NAMES
+            if config.is_enabled(name) and (not accepted or name in accepted)
+        )
         if config.do_ping:
             self._dispatcher.forwarder.start_ping()
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any, Union
 
-from synapse_http_antispam.verdict import Failure, Verdict
+from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 
 Log = Union[logging.Logger, "logging.LoggerAdapter[Any]"]
 
@@ -29,12 +29,29 @@ def instance_log(name: str, label: str) -> InstanceLog:
     return InstanceLog(logging.getLogger(name), label)
 
 
-def report_failure(log: Log, name: str, verdict: Verdict) -> None:
-    """One WARNING per failure: callback, outcome, reason, duration, status, request id.
+def report_verdict(log: Log, name: str, verdict: Verdict, unenforced_because: str) -> None:
+    """One WARNING per failure (callback, outcome, reason, duration, status, request id), and
+    one INFO per refusal not enforced (`report_only`, `async`: callback, errcode, message,
+    request id). Never the token, nor the request body.
 
     Calls skipped by an open breaker are not logged one by one; the breaker logs opening and
     closing, and metrics count them.
     """
+    if verdict.outcome is Outcome.WOULD_REJECT or verdict.would_shadow_ban:
+        if verdict.would_shadow_ban:
+            asked = "would shadow-ban"
+        else:
+            message = verdict.message or ""
+            message = message if len(message) <= 200 else message[:197] + "..."
+            asked = f"would reject: {verdict.errcode} {message!r}"
+        log.info(
+            "Antispam %s %s (%s, not enforced) after %.0f ms [X-Request-ID %s]",
+            name,
+            asked,
+            unenforced_because,
+            verdict.seconds * 1000,
+            verdict.request_id,
+        )
     if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
         return
     log.warning(

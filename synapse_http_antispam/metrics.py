@@ -58,7 +58,8 @@ def _create() -> dict[str, Any] | None:
         "decisions": Counter(
             f"{prefix}_decisions_total",
             "Spam-checker decisions by callback and outcome (allowed, rejected, failed_open, "
-            "failed_closed, background, not_implemented)",
+            "failed_closed, background, not_implemented; not enforced: would_reject, "
+            "would_fail_closed)",
             ["server", "callback", "outcome"],
         ),
         "failures": Counter(

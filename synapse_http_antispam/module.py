@@ -48,5 +48,6 @@ class HTTPAntispam:
             config.base_url,
             describe(self._dispatcher.caps, callbacks),
         )
+        self._dispatcher.announce_report_only(callbacks)
         if config.do_ping:
             self._dispatcher.forwarder.start_ping()

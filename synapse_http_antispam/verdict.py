@@ -18,6 +18,11 @@ class Outcome(enum.Enum):
     # The antispam server has no endpoint for this callback (a framework's 404, 405 or 501):
     # nothing to enforce, so the action goes through whatever the failure policy says.
     NOT_IMPLEMENTED = "not_implemented"
+    # Not enforced (a `report_only` callback, or an `async` one, whose action went through):
+    # the server said no, or it failed and the policy would have rejected with M_UNKNOWN. A
+    # failure whose policy lets the action through stays FAILED_OPEN, which is what happened.
+    WOULD_REJECT = "would_reject"
+    WOULD_FAIL_CLOSED = "would_fail_closed"
 
 
 class Failure(enum.Enum):
@@ -87,6 +92,8 @@ class Verdict:
     failure: Failure | None = None
     # check_registration_for_spam only: the server allowed, but asked for a shadow-ban.
     shadow_ban: bool = False
+    # Not enforced (`unenforced`): the server asked for a shadow-ban that was not applied.
+    would_shadow_ban: bool = False
     # Diagnostics for logs: the X-Request-ID sent, the HTTP status seen, the time taken.
     request_id: str | None = None
     http_status: int | None = None
@@ -100,7 +107,14 @@ class Verdict:
 
 
 _ALLOWING = frozenset(
-    {Outcome.ALLOWED, Outcome.FAILED_OPEN, Outcome.BACKGROUND, Outcome.NOT_IMPLEMENTED}
+    {
+        Outcome.ALLOWED,
+        Outcome.FAILED_OPEN,
+        Outcome.BACKGROUND,
+        Outcome.NOT_IMPLEMENTED,
+        Outcome.WOULD_REJECT,
+        Outcome.WOULD_FAIL_CLOSED,
+    }
 )
 ALLOW = Verdict(Outcome.ALLOWED)
 BACKGROUND = Verdict(Outcome.BACKGROUND)
@@ -130,4 +144,22 @@ def failed(failure: Failure, fail_open: bool) -> Verdict:
         errcode="M_UNKNOWN",
         message=FAILURE_MESSAGES[failure],
         failure=failure,
+    )
+
+
+_UNENFORCED = {
+    Outcome.REJECTED: Outcome.WOULD_REJECT,
+    Outcome.FAILED_CLOSED: Outcome.WOULD_FAIL_CLOSED,
+}
+
+
+def unenforced(verdict: Verdict) -> Verdict:
+    """The verdict as recorded when it is not enforced (`report_only`, `async`): what the
+    server or the failure policy asked for is kept for the log and the metrics, but the twin
+    allows, and a shadow-ban becomes `would_shadow_ban`. Its failure reason is kept."""
+    outcome = _UNENFORCED.get(verdict.outcome, verdict.outcome)
+    if outcome is verdict.outcome and not verdict.shadow_ban:
+        return verdict
+    return attrs.evolve(
+        verdict, outcome=outcome, shadow_ban=False, would_shadow_ban=verdict.shadow_ban
     )

@@ -93,6 +93,8 @@ class Row:
     fail_open: bool
     background: bool
     seconds: float | None = None
+    # report_only: the answer is recorded, never enforced (issue 21)
+    report_only: bool = False
     http_status: int | None = None
     errcode: str | None = None
     message: str | None = None
@@ -119,6 +121,8 @@ class Row:
         if self.background:
             # An `async` callback is allowed at once; its answer is only logged.
             return "async (always allowed)"
+        if self.report_only:
+            return "report only (always allowed)"
         return "fail open" if self.fail_open else "fail closed"
 
     @property
@@ -142,6 +146,7 @@ class Row:
             "slow": self.slow,
             "fail_open": self.fail_open,
             "async": self.background,
+            "report_only": self.report_only,
         }
 
 
@@ -185,6 +190,7 @@ def row_for(
         timeout=config.timeout_for(name),
         fail_open=config.fails_open(name),
         background=name in config.background,
+        report_only=name in config.report_only,
         seconds=None if verdict is None else verdict.seconds,
         http_status=None if verdict is None else verdict.http_status,
         errcode=verdict.errcode if verdict is not None and rejected else None,

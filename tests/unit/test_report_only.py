@@ -1,0 +1,270 @@
+"""`report_only`: forwarded and waited for, recorded, never enforced (issue 21).
+
+Also the `async` callbacks' answers, which were never enforced either but were counted as
+`rejected`. HTTP is real, against the local antispam server; the doors get a ModuleApi fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from twisted.internet import reactor, task
+
+from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
+from synapse_http_antispam.catalogue import NAMES, Kind
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.metrics import NullObserver
+from synapse_http_antispam.synapse_compat import ConfigError
+from synapse_http_antispam.verdict import (
+    ALLOW,
+    Failure,
+    Outcome,
+    Verdict,
+    failed,
+    rejection,
+    unenforced,
+)
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
+
+INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
+
+
+@pytest.fixture
+def server() -> Iterator[AntispamServer]:
+    with AntispamServer() as s:
+        yield s
+
+
+def error_for(raw: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"base_url": "http://x", "report_only": raw})
+    return str(info.value)
+
+
+# ---- config -------------------------------------------------------------------------------
+
+
+def test_report_only_config() -> None:
+    assert parse_config({"base_url": "http://x"}).report_only == frozenset()
+    config = parse_config({"base_url": "http://x", "report_only": ["user_may_invite"]})
+    assert config.report_only == {"user_may_invite"}
+    assert not config.enforces("user_may_invite") and config.enforces("check_event_for_spam")
+    for every in ("*", ["*"]):
+        config = parse_config({"base_url": "http://x", "report_only": every})
+        assert config.report_only == set(NAMES)
+    # async callbacks are not enforced either
+    assert not parse_config({"base_url": "http://x", "async": {"user_may_invite": True}}).enforces(
+        "user_may_invite"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (["user_may_invtie"], "did you mean 'user_may_invite'"),
+        ("user_may_invite", "write [user_may_invite]"),
+        (["*", "user_may_invite"], '"*" stands alone'),
+        ({"user_may_invite": True}, "expected a list of callback names"),
+        (True, "expected a list of callback names"),
+        ([1], "expected a callback name"),
+    ],
+)
+def test_report_only_config_errors(raw: Any, words: str) -> None:
+    error = error_for(raw)
+    assert "report_only" in error and words in error, error
+
+
+def test_check_marks_report_only_callbacks() -> None:
+    from synapse_http_antispam.check import row_for
+
+    config = parse_config({"base_url": "http://x", "report_only": ["user_may_invite"]})
+    marked = row_for("user_may_invite", config, rejection({"errcode": "M_FORBIDDEN"}))
+    assert marked.policy == "report only (always allowed)" and marked.as_json()["report_only"]
+    plain = row_for("user_may_join_room", config, ALLOW)
+    assert plain.policy == "fail closed" and plain.as_json()["report_only"] is False
+
+
+# ---- the pure mapping ---------------------------------------------------------------------
+
+
+def test_unenforced_twin_allows_and_keeps_what_was_asked() -> None:
+    refused = unenforced(rejection({"errcode": "M_LIMIT", "error": "no", "x": 1}))
+    assert refused.outcome is Outcome.WOULD_REJECT and refused.allowed
+    assert (refused.errcode, refused.message, refused.fields) == ("M_LIMIT", "no", {"x": 1})
+    closed = unenforced(failed(Failure.TIMEOUT, fail_open=False))
+    assert closed.outcome is Outcome.WOULD_FAIL_CLOSED and closed.allowed
+    assert closed.failure is Failure.TIMEOUT
+    opened = failed(Failure.TIMEOUT, fail_open=True)
+    assert unenforced(opened) is opened  # what the policy would have done: what happened
+    assert unenforced(ALLOW) is ALLOW
+    banned = unenforced(Verdict(Outcome.ALLOWED, shadow_ban=True))
+    assert banned.outcome is Outcome.ALLOWED
+    assert not banned.shadow_ban and banned.would_shadow_ban
+
+
+# ---- the forwarder: counted once, as the twin ---------------------------------------------
+
+
+class Recorder(NullObserver):
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, Outcome, Failure | None]] = []
+
+    def decided(self, callback: str, verdict: Verdict) -> None:
+        self.outcomes.append((callback, verdict.outcome, verdict.failure))
+
+
+def forwarder(url: str, **extra: Any) -> tuple[Forwarder, Recorder]:
+    recorder = Recorder()
+    config = parse_config({"base_url": url, "timeout": 1.0, **extra})
+    return Forwarder(config, observer=recorder), recorder
+
+
+@pytest_twisted.ensureDeferred
+async def test_unenforced_rejection_is_counted_once_as_would_reject(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    f, recorder = forwarder(server.base_url, authorization="secret-token-xyz")
+    server.set("user_may_invite", reject("M_FORBIDDEN", "Invites from you are spam"))
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        verdict = await f.check("user_may_invite", Kind.GATE, INVITE, enforce=False)
+    await f.close()
+    assert verdict.outcome is Outcome.WOULD_REJECT and verdict.allowed
+    assert recorder.outcomes == [("user_may_invite", Outcome.WOULD_REJECT, None)]
+    [line] = [r for r in caplog.records if "would reject" in r.getMessage()]
+    text = line.getMessage()
+    assert line.levelno == logging.INFO
+    assert "user_may_invite" in text and "M_FORBIDDEN" in text
+    assert "Invites from you are spam" in text and verdict.request_id in text
+    assert "report_only" in text and "secret-token-xyz" not in caplog.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_failure_under_report_only_counts_what_the_policy_would_have_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f, recorder = forwarder(f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        closed = await f.check("user_may_invite", Kind.GATE, INVITE, enforce=False)
+        opened = await f.check("check_event_for_spam", Kind.EVENT, {}, enforce=False)
+    await f.close()
+    assert closed.outcome is Outcome.WOULD_FAIL_CLOSED and closed.allowed
+    assert opened.outcome is Outcome.FAILED_OPEN
+    assert recorder.outcomes == [
+        ("user_may_invite", Outcome.WOULD_FAIL_CLOSED, Failure.CONNECT),
+        ("check_event_for_spam", Outcome.FAILED_OPEN, Failure.CONNECT),
+    ]
+    assert "would_fail_closed (connect)" in caplog.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_rejection_is_would_reject_not_rejected(server: AntispamServer) -> None:
+    f, recorder = forwarder(server.base_url, **{"async": {"user_may_invite": True}})
+    server.set("user_may_invite", reject())
+    assert f.background("user_may_invite", Kind.GATE, INVITE).outcome is Outcome.BACKGROUND
+    for _ in range(200):
+        if recorder.outcomes:
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    await f.close()
+    assert recorder.outcomes == [("user_may_invite", Outcome.WOULD_REJECT, None)]
+
+
+# ---- the doors ----------------------------------------------------------------------------
+
+synapse = pytest.importorskip("synapse")
+from synapse.module_api import ModuleApi  # noqa: E402
+
+from tests.unit.test_doors import ARGS, installed_api, is_allow, is_deny  # noqa: E402
+
+modern_only = pytest.mark.skipif(
+    not hasattr(ModuleApi, "register_spam_checker_callbacks"),
+    reason="Synapse before 1.37 has no modules: section, only the legacy door",
+)
+
+
+def decisions(server_label: str, callback: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "synapse_http_antispam_decisions_total",
+        {"server": server_label, "callback": callback, "outcome": outcome},
+    )
+    return value or 0.0
+
+
+@modern_only
+@pytest_twisted.ensureDeferred
+async def test_modern_door_report_only_allows_every_answer(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="synapse_http_antispam")
+    label = f"report-{uuid.uuid4().hex[:8]}"
+    api = installed_api()
+    HTTPAntispam(
+        HTTPAntispam.parse_config(
+            {"base_url": server.base_url, "report_only": "*", "name": label}
+        ),
+        api,
+    )
+    startup = [r.getMessage() for r in caplog.records if "Report-only mode" in r.getMessage()]
+    assert len(startup) == 1 and "user_may_invite" in startup[0]
+    server.set(None, reject("M_FORBIDDEN", "no"))
+    for name, callback in api.registered.items():
+        value = await callback(*ARGS[name])
+        assert is_allow(name, value), (name, value)
+        assert decisions(label, name, "would_reject") == 1, name
+        assert decisions(label, name, "rejected") == 0, name
+    # A shadow-ban is not applied either.
+    server.set("check_registration_for_spam", Behaviour(body={"shadow_ban": True}))
+    value = await api.registered["check_registration_for_spam"](
+        *ARGS["check_registration_for_spam"]
+    )
+    assert value.name == "ALLOW"
+    assert "would shadow-ban" in caplog.text
+
+
+@modern_only
+@pytest_twisted.ensureDeferred
+async def test_report_only_is_per_callback_and_survives_failures() -> None:
+    label = f"report-{uuid.uuid4().hex[:8]}"
+    api = installed_api()
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: every call fails
+    config = {"base_url": url, "report_only": ["user_may_invite"], "name": label, "timeout": 1}
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    invite = await api.registered["user_may_invite"](*ARGS["user_may_invite"])
+    assert is_allow("user_may_invite", invite)
+    room = await api.registered["user_may_create_room"](*ARGS["user_may_create_room"])
+    assert is_deny("user_may_create_room", room)  # enforced: fails closed
+    assert decisions(label, "user_may_invite", "would_fail_closed") == 1
+    assert decisions(label, "user_may_invite", "failed_closed") == 0
+    assert decisions(label, "user_may_create_room", "failed_closed") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_legacy_door_report_only(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {
+        "base_url": server.base_url,
+        "report_only": ["user_may_invite", "check_event_for_spam"],
+    }
+    caplog.set_level(logging.INFO, logger="synapse_http_antispam")
+    checker = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+    assert "Report-only mode" in caplog.text
+    server.set(None, reject("M_FORBIDDEN", "Spam detected"))
+    invite = await checker.user_may_invite("@a:t", "@b:t", "!r:t")  # type: ignore[attr-defined]
+    assert is_allow("user_may_invite", invite)
+    from tests.unit.test_doors import FakeEvent
+
+    event = await checker.check_event_for_spam(FakeEvent())  # type: ignore[attr-defined]
+    assert is_allow("check_event_for_spam", event)
+    room = await checker.user_may_create_room("@u:t")  # type: ignore[attr-defined]
+    assert not is_allow("user_may_create_room", room)  # not report-only: enforced
+    assert caplog.text.count("would reject") == 2
