@@ -319,7 +319,9 @@ class Wire:
                 if _tls_trouble(e.reasons):
                     raise CallFailed(Failure.TLS) from None
                 if attempt == 1 and reused:
-                    self._log.debug("Pooled connection to antispam server was closed; retrying once")
+                    self._log.debug(
+                        "Pooled connection to antispam server was closed; retrying once"
+                    )
                     continue
                 raise CallFailed(Failure.CONNECT) from None
             except (CancelledError, CallFailed):

@@ -168,9 +168,7 @@ def test_a_refusal_from_either_server_reaches_the_client(setup: Setup) -> None:
     # second entry is not asked.
     _ban_alice_in_meowlnir(setup)
     allowed, status, body = world.act("user_may_invite")
-    expected_rejection(setup.door, "user_may_invite", MEOWLNIR_DENIAL).check(
-        allowed, status, body
-    )
+    expected_rejection(setup.door, "user_may_invite", MEOWLNIR_DENIAL).check(allowed, status, body)
     assert [r.status for r in setup.meowlnir.requests_for("user_may_invite")] == [403]
     assert setup.policy.requests_for("user_may_invite") == []
 
@@ -180,9 +178,7 @@ def test_when_both_refuse_the_client_sees_the_first_entry(setup: Setup) -> None:
     setup.policy.set("user_may_invite", reject(**_denial(POLICY_DENIAL)))
     allowed, status, body = setup.world.act("user_may_invite")
     # Synapse asks the entries in the order they are listed and takes the first refusal.
-    expected_rejection(setup.door, "user_may_invite", MEOWLNIR_DENIAL).check(
-        allowed, status, body
-    )
+    expected_rejection(setup.door, "user_may_invite", MEOWLNIR_DENIAL).check(allowed, status, body)
     assert len(setup.meowlnir.requests_for("user_may_invite")) == 1
     assert setup.policy.requests_for("user_may_invite") == []
 
@@ -196,11 +192,17 @@ def test_metrics_and_logs_name_each_server(setup: Setup) -> None:
     assert world.act("check_event_for_spam")[0]
     text = setup.metrics()
     decisions = "synapse_http_antispam_decisions_total"
-    assert metric(text, decisions, server="meowlnir", callback="user_may_invite", outcome="rejected")
-    assert metric(text, decisions, server="meowlnir", callback="user_may_invite", outcome="allowed")
+    assert metric(
+        text, decisions, server="meowlnir", callback="user_may_invite", outcome="rejected"
+    )
+    assert metric(
+        text, decisions, server="meowlnir", callback="user_may_invite", outcome="allowed"
+    )
     assert not metric(text, decisions, server="meowlnir", callback="check_event_for_spam")
     label = setup.policy_label
-    assert metric(text, decisions, server=label, callback="check_event_for_spam", outcome="allowed")
+    assert metric(
+        text, decisions, server=label, callback="check_event_for_spam", outcome="allowed"
+    )
     assert metric(text, decisions, server=label, callback="user_may_invite", outcome="allowed")
     # Only the two entries' labels, never a token.
     servers = set(re.findall(r'synapse_http_antispam_\w+\{[^}]*server="([^"]*)"', text))
@@ -244,9 +246,7 @@ def test_one_server_down_changes_nothing_for_the_other(setup: Setup) -> None:
     _ban_alice_in_meowlnir(setup)
     started = time.monotonic()
     allowed, status, body = world.act("user_may_invite")
-    expected_rejection(setup.door, "user_may_invite", MEOWLNIR_DENIAL).check(
-        allowed, status, body
-    )
+    expected_rejection(setup.door, "user_may_invite", MEOWLNIR_DENIAL).check(allowed, status, body)
     setup.meowlnir.filter_local_invites = False
     assert world.act("user_may_invite")[0]
     assert time.monotonic() - started < 2 * 2  # no deadline waited on for the dead server
@@ -259,16 +259,20 @@ def test_one_server_down_changes_nothing_for_the_other(setup: Setup) -> None:
     )
     assert not metric(text, "synapse_http_antispam_failures_total", server="meowlnir")
     decisions = "synapse_http_antispam_decisions_total"
-    assert metric(
-        text, decisions, server="meowlnir", callback="user_may_invite", outcome="rejected"
-    ) == invite_rejected_before + 1
-    assert metric(
-        text,
-        decisions,
-        server=setup.policy_label,
-        callback="check_event_for_spam",
-        outcome="failed_open",
-    ) >= 5
+    assert (
+        metric(text, decisions, server="meowlnir", callback="user_may_invite", outcome="rejected")
+        == invite_rejected_before + 1
+    )
+    assert (
+        metric(
+            text,
+            decisions,
+            server=setup.policy_label,
+            callback="check_event_for_spam",
+            outcome="failed_open",
+        )
+        >= 5
+    )
     assert [r.status for r in setup.meowlnir.requests_for("user_may_invite")] == [403, 200]
     for line in _module_lines(world):
         assert line.startswith(("[meowlnir] ", f"[{setup.policy_label}] ")), line

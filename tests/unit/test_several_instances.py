@@ -90,7 +90,9 @@ async def test_one_servers_outage_leaves_the_other_alone(
     assert sample(breaker, server=LIVE) == 0
     decisions = "synapse_http_antispam_decisions_total"
     assert sample(decisions, server=LIVE, callback="user_may_invite", outcome="allowed") == 4
-    assert sample(decisions, server=LIVE, callback="user_may_invite", outcome="failed_closed") is None
+    assert (
+        sample(decisions, server=LIVE, callback="user_may_invite", outcome="failed_closed") is None
+    )
     assert (
         sample(decisions, server=dead_label, callback="user_may_invite", outcome="failed_closed")
         == 4
@@ -130,7 +132,9 @@ async def test_the_limiter_is_per_instance(live_server: AntispamServer) -> None:
 @pytest_twisted.ensureDeferred
 async def test_not_implemented_memory_is_per_instance() -> None:
     # Two servers: one (like Draupnir) has no endpoint for the username check, one has.
-    html_404 = Behaviour(status=404, body="<html>Cannot POST</html>", headers={"Content-Type": "text/html"})
+    html_404 = Behaviour(
+        status=404, body="<html>Cannot POST</html>", headers={"Content-Type": "text/html"}
+    )
     with AntispamServer() as lacking, AntispamServer() as serving:
         lacking.set("check_username_for_spam", html_404)
         a = make(lacking.base_url, name="unit-several-lacking")
