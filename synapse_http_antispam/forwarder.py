@@ -83,6 +83,7 @@ class Forwarder:
             connect_timeout=max(config.timeout_for(name) for name in CALLBACKS),
             max_response_bytes=config.max_response_bytes,
             ca_file=config.ca_file,
+            log=self.log,
         )
         self.limiter = Limiter(config.max_concurrency, config.max_pending)
         self.breaker = Breaker(

@@ -263,8 +263,10 @@ class Wire:
         connect_timeout: float,
         max_response_bytes: int,
         ca_file: str | None = None,
+        log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     ) -> None:
         self._reactor = reactor
+        self._log = log  # the instance's log: its lines start with `[name]`
         self._base_url = base_url
         self._headers = {name: [value] for name, value in headers.items()}
         self._max_response_bytes = max_response_bytes
@@ -287,8 +289,8 @@ class Wire:
         the returned coroutine to give up."""
         url = f"{self._base_url}/{name}"
         headers = Headers({**self._headers, "X-Request-ID": [request_id]})
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("POST %s %s", url, body[:2048].decode("utf-8", "replace"))
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("POST %s %s", url, body[:2048].decode("utf-8", "replace"))
         response = await self._request(url, body, headers)
         content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
         if isinstance(content_type, bytes):  # pragma: no cover - treq gives str for str names
@@ -321,7 +323,9 @@ class Wire:
                 if _tls_trouble(e.reasons):
                     raise CallFailed(Failure.TLS) from None
                 if attempt == 1 and reused:
-                    logger.debug("Pooled connection to antispam server was closed; retrying once")
+                    self._log.debug(
+                        "Pooled connection to antispam server was closed; retrying once"
+                    )
                     continue
                 raise CallFailed(Failure.CONNECT) from None
             except (CancelledError, CallFailed):

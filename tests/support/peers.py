@@ -878,15 +878,18 @@ Blocking = Union[bool, Iterable[str]]
 class DraupnirModel(_PeerModel):
     """Draupnir's synapse-http-antispam API (bot mode, `web.synapseHTTPAntispam.enabled`).
 
-    `blocking` says which endpoints have a blocking handle registered: True (all three), False
-    (none: every callback is answered 200 {} before its body is even looked at), or names. Real
-    Draupnir registers one only for user_may_invite (BlockInvitationsOnServerProtection);
-    its integration test registers one for check_event_for_spam.
+    `blocking` says which endpoints have a blocking handle registered. Released Draupnir
+    registers one only on user_may_invite, in BlockInvitationsOnServerProtection, which is off
+    until an admin enables it: False (the default, a fresh Draupnir: every callback is answered
+    200 {} before its body is even looked at) or True (the protection enabled). Joins are never
+    refused: user_may_join_room only ever gets non-blocking handles (room discovery). The name
+    "check_event_for_spam" adds the handle only Draupnir's own integration test registers
+    (test/integration/httpAntispamTest.ts, answering "no."); no admin runs it.
 
     Policy, settable at any time (globs, case-insensitive): `blocked_inviters`,
     `blocked_servers` (the inviter's server) and `blocked_rooms` for user_may_invite, as the
-    protection does; `blocked_rooms` for user_may_join_room; `blocked_senders` for
-    check_event_for_spam. `deny_errors` holds each endpoint's refusal text.
+    protection does; `blocked_senders` for the test-only check_event_for_spam handle.
+    `deny_errors` holds each blocking handle's refusal text.
     """
 
     PREFIX = "/api/1/spam_check"
@@ -897,27 +900,25 @@ class DraupnirModel(_PeerModel):
     )
     _INVALID = {
         "user_may_invite": "Error handling inviter, invitee, and room_id",
-        "user_may_join_room": "Error handling user, room, and is_invited",
         "check_event_for_spam": "Error handling event",
     }
 
     def __init__(
         self,
         secret: str = "draupnir-antispam-secret",
-        blocking: Blocking = True,
+        blocking: Blocking = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         super().__init__(host, port)
         self.secret = secret
-        endpoints = self.CALLBACKS[:3]
         if blocking is True or blocking is False:
-            self.blocking = set(endpoints if blocking else ())
+            self.blocking = {"user_may_invite"} if blocking else set()
         else:
             self.blocking = set(blocking)
-            unknown = self.blocking - set(endpoints)
+            unknown = self.blocking - {"user_may_invite", "check_event_for_spam"}
             if unknown:
-                raise ValueError(f"no blocking handles for {sorted(unknown)}")
+                raise ValueError(f"Draupnir has no blocking handles for {sorted(unknown)}")
         self.blocked_inviters: set[str] = set()
         self.blocked_servers: set[str] = set()
         self.blocked_rooms: set[str] = set()
@@ -925,9 +926,7 @@ class DraupnirModel(_PeerModel):
         self.deny_errors = {
             # BlockInvitationsOnServerProtection.tsx
             "user_may_invite": "You are not allowed to send invitations to this homeserver",
-            # No Draupnir protection blocks joins; this text is the model's own.
-            "user_may_join_room": "You are not allowed to join this room",
-            # Draupnir's test/integration/httpAntispamTest.ts
+            # Only Draupnir's own test/integration/httpAntispamTest.ts registers this handle.
             "check_event_for_spam": "no.",
         }
 
@@ -1001,8 +1000,6 @@ class DraupnirModel(_PeerModel):
                 or (server is not None and _matches(server.group("server"), self.blocked_servers))
                 or _matches(body["room_id"], self.blocked_rooms)
             )
-        if callback == "user_may_join_room":
-            return _matches(body["room"], self.blocked_rooms)
         return _matches(body["event"]["sender"], self.blocked_senders)
 
     def _body(self, request: PeerRequest) -> tuple[Any, Behaviour | None]:

@@ -86,3 +86,22 @@ def test_meowlnir_and_draupnir_sections_show_the_tested_configs() -> None:
             shown.pop(placeholder)
             tested.pop(placeholder)
         assert shown == tested, heading
+
+
+def test_several_servers_section_shows_the_tested_config() -> None:
+    """The two entries the README gives are the ones tests/integration/test_several_servers.py
+    boots (through modules:), placeholders aside."""
+    import yaml
+
+    from tests.integration.test_several_servers import several_servers_config
+
+    text = section(README.read_text(), "Several servers")
+    match = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert match
+    shown = yaml.safe_load(match.group(1))["modules"]
+    tested = several_servers_config("<url>", "<secret>", "<url>", "<secret>", "modules")
+    for entries in (shown, tested):
+        for entry in entries:
+            entry["config"].pop("base_url")
+            entry["config"].pop("authorization")
+    assert shown == tested

@@ -96,7 +96,10 @@ def meow() -> Iterator[MeowlnirModel]:
 
 @pytest.fixture
 def draup() -> Iterator[DraupnirModel]:
-    with DraupnirModel(secret=DRAUP_SECRET) as model:
+    """BlockInvitationsOnServerProtection enabled, plus the check_event_for_spam handle of
+    Draupnir's own integration test (so that its answers on that endpoint are modelled too)."""
+    blocking = {"user_may_invite", "check_event_for_spam"}
+    with DraupnirModel(secret=DRAUP_SECRET, blocking=blocking) as model:
         yield model
 
 
@@ -527,10 +530,30 @@ def test_draupnir_blocks_a_sender_like_its_integration_test(draup: DraupnirModel
     draup.blocked_senders.add("@spam:evil.test")
     reply = draup_call(draup, "check_event_for_spam", {"event": message_event()})
     assert (reply.status, reply.json) == (400, {"errcode": "M_FORBIDDEN", "error": "no."})
+    assert draup.violations == []
+
+
+def test_draupnir_never_refuses_a_join(draup: DraupnirModel) -> None:
+    # user_may_join_room only ever has non-blocking handles: answered before it is decoded.
     draup.blocked_rooms.add("!room:example.org")
     join = {"user": "@a:example.org", "room": "!room:example.org", "is_invited": False}
-    assert draup_call(draup, "user_may_join_room", join).json["errcode"] == "M_FORBIDDEN"
-    assert draup.violations == []
+    assert (draup_call(draup, "user_may_join_room", join).status, draup.violations) == (200, [])
+    reply = draup_call(draup, "user_may_join_room", {"user": "@a:x", "room": "!r:x"})
+    assert (reply.status, reply.body) == (200, b"{}")
+    assert draup.violations == [f"POST {DRAUP}/user_may_join_room: `is_invited` must be a boolean"]
+    with pytest.raises(ValueError, match="no blocking handles"):
+        DraupnirModel(blocking={"user_may_join_room"})
+
+
+def test_a_fresh_draupnir_refuses_nothing() -> None:
+    # BlockInvitationsOnServerProtection is off until `!draupnir protections enable` it.
+    with DraupnirModel(secret=DRAUP_SECRET) as fresh:
+        fresh.blocked_inviters.add("@spam:evil.test")
+        fresh.blocked_senders.add("@spam:evil.test")
+        assert draup_call(fresh, "user_may_invite", INVITE).status == 200
+        reply = draup_call(fresh, "check_event_for_spam", {"event": message_event()})
+        assert (reply.status, reply.body) == (200, b"{}")
+        assert fresh.violations == []
 
 
 @pytest.mark.parametrize(
@@ -538,7 +561,6 @@ def test_draupnir_blocks_a_sender_like_its_integration_test(draup: DraupnirModel
     [
         ("user_may_invite", {**INVITE, "inviter": "spam"}, "inviter, invitee, and room_id"),
         ("user_may_invite", {**INVITE, "room_id": "#alias:x"}, "inviter, invitee, and room_id"),
-        ("user_may_join_room", {"user": "@a:x", "room": "!r:x"}, "user, room, and is_invited"),
         ("check_event_for_spam", {"event": message_event(event_id="msg")}, "event"),
         ("check_event_for_spam", {"event": message_event(origin_server_ts="1")}, "event"),
         ("check_event_for_spam", {"event": message_event(unsigned={"age": "5"})}, "event"),
@@ -549,7 +571,6 @@ def test_draupnir_blocks_a_sender_like_its_integration_test(draup: DraupnirModel
     ids=[
         "inviter-not-user-id",
         "room-alias",
-        "no-is-invited",
         "event-id-without-dollar",
         "string-ts",
         "string-age",

@@ -1,0 +1,188 @@
+"""Several module instances in one process (issue 19): nothing of one leaks into another.
+
+Synapse loads each `modules:` (or `spam_checker:`) entry as its own instance in one process.
+Each must keep its own connection pool, limiter, circuit breaker, not-implemented memory and
+metric series: one antispam server's outage or missing endpoint changes nothing for the other.
+The metric families are shared (prometheus_client's default registry, which Synapse serves);
+the `server` label tells the instances apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from twisted.internet import defer, reactor, task
+
+from synapse_http_antispam.catalogue import Kind
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.metrics import PrometheusObserver
+from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port
+
+prometheus_client = pytest.importorskip("prometheus_client")
+REGISTRY = prometheus_client.REGISTRY
+INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
+# Labels unique to this module, so counts start from nothing whatever ran before.
+LIVE = "unit-several-live"
+
+
+def make(url: str, **extra: Any) -> Forwarder:
+    config = parse_config({"base_url": url, "timeout": 2.0, **extra})
+    timeouts = {"user_may_invite": config.timeout_for("user_may_invite")}
+    return Forwarder(config, observer=PrometheusObserver(config.label, timeouts))
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def invite(f: Forwarder) -> Verdict:
+    return await f.check("user_may_invite", Kind.GATE, INVITE)
+
+
+@pytest.fixture
+def live_server() -> Iterator[AntispamServer]:
+    with AntispamServer() as s:
+        yield s
+
+
+@pytest_twisted.async_yield_fixture
+async def pair(live_server: AntispamServer) -> AsyncIterator[tuple[Forwarder, Forwarder]]:
+    """One instance on a live server (named), one on a port nobody listens on (unnamed: its
+    label is its base_url)."""
+    live = make(live_server.base_url, name=LIVE, circuit_breaker={"failure_threshold": 3})
+    dead = make(
+        f"http://127.0.0.1:{free_port()}/dead",
+        circuit_breaker={"failure_threshold": 3, "probe_interval": 60},
+    )
+    yield live, dead
+    await live.close()
+    await dead.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_servers_outage_leaves_the_other_alone(
+    live_server: AntispamServer, pair: tuple[Forwarder, Forwarder]
+) -> None:
+    live, dead = pair
+    dead_label = dead.url
+    for _ in range(3):
+        assert (await invite(dead)).failure is Failure.CONNECT
+        assert (await invite(live)).outcome is Outcome.ALLOWED
+    assert dead.breaker.is_open and not live.breaker.is_open
+    assert (await invite(dead)).failure is Failure.BREAKER_OPEN
+    verdict = await invite(live)
+    assert verdict.outcome is Outcome.ALLOWED and verdict.http_status == 200
+    assert len(live_server.requests_for("user_may_invite")) == 4
+
+    breaker = "synapse_http_antispam_circuit_breaker_open"
+    assert sample(breaker, server=dead_label) == 1
+    assert sample(breaker, server=LIVE) == 0
+    decisions = "synapse_http_antispam_decisions_total"
+    assert sample(decisions, server=LIVE, callback="user_may_invite", outcome="allowed") == 4
+    assert (
+        sample(decisions, server=LIVE, callback="user_may_invite", outcome="failed_closed") is None
+    )
+    assert (
+        sample(decisions, server=dead_label, callback="user_may_invite", outcome="failed_closed")
+        == 4
+    )
+    failures = "synapse_http_antispam_failures_total"
+    assert sample(failures, server=dead_label, callback="user_may_invite", reason="connect") == 3
+    assert sample(failures, server=LIVE, callback="user_may_invite", reason="connect") is None
+    changes = "synapse_http_antispam_circuit_breaker_changes_total"
+    assert sample(changes, server=dead_label, state="open", why="connect") == 1
+    assert sample(changes, server=LIVE, state="open", why="connect") is None
+    assert sample("synapse_http_antispam_timeout_seconds", server=LIVE, callback="user_may_invite")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_limiter_is_per_instance(live_server: AntispamServer) -> None:
+    live_server.set("user_may_invite", Behaviour(delay=0.5))
+    busy = make(live_server.base_url, name="unit-several-busy", max_concurrency=1, max_pending=0)
+    other = make(live_server.base_url, name="unit-several-other", max_concurrency=1, max_pending=0)
+    try:
+        first = defer.ensureDeferred(invite(busy))
+        await sleep(0.1)
+        assert busy.limiter.active == 1 and other.limiter.active == 0
+        # busy's one slot is taken: its next call is refused at once; other's is not.
+        assert (await invite(busy)).failure is Failure.OVERLOADED
+        verdict = await invite(other)
+        assert verdict.outcome is Outcome.ALLOWED, verdict
+        assert (await first).outcome is Outcome.ALLOWED
+        overloaded = "synapse_http_antispam_failures_total"
+        labels = {"callback": "user_may_invite", "reason": "overloaded"}
+        assert sample(overloaded, server="unit-several-busy", **labels) == 1
+        assert sample(overloaded, server="unit-several-other", **labels) is None
+    finally:
+        await busy.close()
+        await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_implemented_memory_is_per_instance() -> None:
+    # Two servers: one (like Draupnir) has no endpoint for the username check, one has.
+    html_404 = Behaviour(
+        status=404, body="<html>Cannot POST</html>", headers={"Content-Type": "text/html"}
+    )
+    with AntispamServer() as lacking, AntispamServer() as serving:
+        lacking.set("check_username_for_spam", html_404)
+        a = make(lacking.base_url, name="unit-several-lacking")
+        b = make(serving.base_url, name="unit-several-serving")
+        payload = {"user_profile": {"user_id": "@u:x"}, "requester_id": None}
+        try:
+            for _ in range(2):
+                for f in (a, b):
+                    await f.check("check_username_for_spam", Kind.FLAG, payload)
+            assert a.known_unimplemented("check_username_for_spam")
+            assert not b.known_unimplemented("check_username_for_spam")
+            assert len(lacking.requests_for("check_username_for_spam")) == 1
+            assert len(serving.requests_for("check_username_for_spam")) == 2
+            decisions = "synapse_http_antispam_decisions_total"
+            labels = {"callback": "check_username_for_spam", "outcome": "not_implemented"}
+            assert sample(decisions, server="unit-several-lacking", **labels) == 2
+            assert sample(decisions, server="unit-several-serving", **labels) is None
+        finally:
+            await a.close()
+            await b.close()
+
+
+def test_a_label_per_instance_and_no_more() -> None:
+    """Series are keyed by the instance's label, never by anything per call."""
+    url = "http://127.0.0.1:1/_meowlnir/antispam/!room:example.org"
+    assert parse_config({"base_url": url}).label == url
+    assert parse_config({"base_url": url, "name": "meowlnir"}).label == "meowlnir"
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_log_line_names_its_instance(
+    live_server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Down to DEBUG (the request bodies, pooled-connection retries): `[label] ...`."""
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    live_server.set("user_may_invite", Behaviour(status=500, body={"errcode": "M_UNKNOWN"}))
+    named = make(live_server.base_url, name="unit-several-logs")
+    unnamed = make(f"http://127.0.0.1:{free_port()}/nobody")
+    try:
+        await invite(named)
+        await invite(unnamed)
+        await named.ping_once(timeout=1)
+    finally:
+        await named.close()
+        await unnamed.close()
+    records = [r for r in caplog.records if r.name.startswith("synapse_http_antispam")]
+    assert {r.levelno for r in records} >= {logging.DEBUG, logging.WARNING}
+    for record in records:
+        message = record.getMessage()
+        assert message.startswith(("[unit-several-logs] ", f"[{unnamed.url}] ")), message
+    assert any(r.getMessage().startswith(f"[{unnamed.url}] ") for r in records)
