@@ -315,6 +315,39 @@ def main() -> None:
             f" p95 x{r['p95_ms'] / off['p95_ms']:.2f},"
             f" throughput x{r['msgs_per_s'] / off['msgs_per_s']:.2f}"
         )
+    draw(results, version, ROOT / "bench" / "synapse-e2e.png")
+
+
+def draw(results: dict[str, dict[str, float]], version: str, path: Path) -> None:
+    """The per-message cost of each configuration, as bars beside the module-off baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    off = results["module off"]["median_ms"]
+    fig, (latency, throughput) = plt.subplots(1, 2, figsize=(10, 4))
+    x = range(len(names))
+    medians = [results[n]["median_ms"] for n in names]
+    p95s = [results[n]["p95_ms"] for n in names]
+    latency.bar([i - 0.2 for i in x], medians, width=0.4, label="median")
+    latency.bar([i + 0.2 for i in x], p95s, width=0.4, label="p95")
+    for i, median in enumerate(medians):
+        latency.annotate(f"{median - off:+.2f} ms", (i - 0.2, median), ha="center", va="bottom")
+    latency.set_xticks(list(x), names)
+    latency.set_ylabel("ms per message send")
+    latency.set_title("Latency (sequential sends)")
+    latency.legend()
+    throughput.bar(list(x), [results[n]["msgs_per_s"] for n in names], color="tab:green")
+    throughput.set_xticks(list(x), names)
+    throughput.set_ylabel("messages per second")
+    throughput.set_title("Throughput (concurrent senders)")
+    fig.suptitle(f"Synapse {version}: module off, this module, 0.5.1 (best of interleaved rounds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"figure: {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
