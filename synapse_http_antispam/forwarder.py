@@ -28,6 +28,7 @@ from synapse_http_antispam.guards import Breaker, Limiter
 from synapse_http_antispam.log import instance_log
 from synapse_http_antispam.metrics import NullObserver, Observer
 from synapse_http_antispam.pinger import StartupPing
+from synapse_http_antispam.reuse import Reuse, Shared
 from synapse_http_antispam.verdict import (
     BACKGROUND,
     NOT_IMPLEMENTED,
@@ -97,6 +98,14 @@ class Forwarder:
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
         self._pinger = StartupPing(self, reactor, self.log)
+        self.reuse = Reuse(
+            reactor,
+            store=config.reuse_answers,
+            max_seconds=config.reuse_max_seconds,
+            max_entries=config.reuse_max_entries,
+            max_bytes=config.reuse_max_bytes,
+            log=self.log,
+        )
         self._closed = False
 
     def _next_request_id(self) -> str:
@@ -114,35 +123,59 @@ class Forwarder:
     # ---- the decision path --------------------------------------------------------------
 
     async def check(
-        self, name: str, kind: Kind, payload: Mapping[str, Any], *, report: bool = True
+        self,
+        name: str,
+        kind: Kind,
+        payload: Mapping[str, Any],
+        *,
+        report: bool = True,
+        store: bool = True,
     ) -> Verdict:
         """The verdict for one callback call. Never raises, but passes a cancellation on.
 
         With report=False the caller logs the outcome through `report`, from its own log
-        context, so that Synapse's log line carries the request it belongs to.
+        context, so that Synapse's log line carries the request it belongs to. An identical
+        call in flight, or an answer the server allowed to be reused (store=True), answers it
+        without a request of its own (`reuse`).
         """
         if self.known_unimplemented(name):
             return self.skip_unimplemented(name)
         start = self._reactor.seconds()
-        request_id = self._next_request_id()
-        status: int | None = None
+        how = None
         try:
-            verdict, status = await self._check(name, kind, payload, request_id)
-        except CallFailed as e:
-            status = e.status
-            verdict = failed(e.failure, self._config.fails_open(name))
-            verdict = attrs.evolve(verdict, detail=e.detail)
+            body = encode(payload)
+            decide = lambda: self._decide(name, kind, body)  # noqa: E731
+            shared, how = await self.reuse.answer(name, body, decide, store=store)
         except CancelledError:
             raise  # Synapse (or a caller) gave up on this check: not a verdict to report
         except Exception:
             self.log.exception("Antispam check %s failed inside the module", name)
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
+            shared = Shared(verdict, None, self._next_request_id())
         seconds = self._reactor.seconds() - start
-        verdict = attrs.evolve(verdict, request_id=request_id, http_status=status, seconds=seconds)
+        verdict = attrs.evolve(
+            shared.verdict,
+            request_id=shared.request_id,
+            http_status=shared.status,
+            seconds=seconds,
+        )
         self._observer.decided(name, verdict)
+        if how is not None:
+            self._observer.reused(name, how)
         if report:
             self.report(name, verdict)
         return verdict
+
+    async def _decide(self, name: str, kind: Kind, body: bytes) -> Shared:
+        """One call to the server, as a result every identical call may share. A failure is a
+        result too; an exception inside the module reaches every sharer (each logs it)."""
+        request_id = self._next_request_id()
+        try:
+            verdict, status, max_age = await self._check(name, kind, body, request_id)
+        except CallFailed as e:
+            verdict = failed(e.failure, self._config.fails_open(name))
+            return Shared(attrs.evolve(verdict, detail=e.detail), e.status, request_id)
+        return Shared(verdict, status, request_id, max_age)
 
     def report(self, name: str, verdict: Verdict) -> None:
         """One WARNING per failure: callback, outcome, reason, duration, status, request id.
@@ -163,9 +196,8 @@ class Forwarder:
         )
 
     async def _check(
-        self, name: str, kind: Kind, payload: Mapping[str, Any], request_id: str
-    ) -> tuple[Verdict, int]:
-        body = encode(payload)
+        self, name: str, kind: Kind, body: bytes, request_id: str
+    ) -> tuple[Verdict, int, float]:
         if len(body) > self._config.max_request_bytes:
             raise CallFailed(Failure.REQUEST_TOO_LARGE)
         if not self.breaker.allow():
@@ -181,7 +213,7 @@ class Forwarder:
             self.endpoints.unimplemented(name, answer.status)
         else:
             raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
-        return verdict, answer.status
+        return verdict, answer.status, self.reuse.max_age(answer.cache_control)
 
     async def _antispam_server_is_there(self, name: str, status: int, deadline: float) -> bool:
         """Evidence for a "no such endpoint": asked of `ping` at once, within the deadline."""
@@ -297,7 +329,8 @@ class Forwarder:
         def done(_: object) -> None:
             self.background_running -= 1
 
-        defer.ensureDeferred(self.check(name, kind, payload)).addBoth(done)
+        # Background answers are not stored: a server that only watches sees every call.
+        defer.ensureDeferred(self.check(name, kind, payload, store=False)).addBoth(done)
         return BACKGROUND
 
     # ---- ping: at startup (`do_ping`), for the breaker's probe, for evidence, for `check` --
@@ -336,6 +369,7 @@ class Forwarder:
 
     async def close(self) -> None:
         self._closed = True
+        self.reuse.clear()
         self.breaker.stop()
         self._pinger.stop()
         await self._wire.close()
