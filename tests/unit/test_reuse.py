@@ -3,6 +3,7 @@ clock, then both mechanisms in the forwarder against a real local HTTP server.""
 
 from __future__ import annotations
 
+import logging
 import string
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -463,3 +464,19 @@ async def test_background_checks_are_not_stored(
         f.background(USERNAME, Kind.FLAG, {"user_profile": {"user_id": "@u:x"}})
         await until(lambda: f.background_running == 0)
     assert len(server.requests) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_debug_line_says_when_an_answer_was_reused(
+    server: AntispamServer,
+    observed: tuple[Forwarder, Counting],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f, _ = observed
+    server.set(None, Behaviour(status=200, headers={"Cache-Control": "max-age=60"}))
+    with caplog.at_level(logging.DEBUG, logger="synapse_http_antispam"):
+        first = await username(f)
+        await username(f)
+    [line] = [r.getMessage() for r in caplog.records if "reused" in r.getMessage()]
+    assert USERNAME in line and "store" in line and str(first.request_id) in line
+    assert "@u:x" not in line  # bodies stay out of log lines
