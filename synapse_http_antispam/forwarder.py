@@ -98,14 +98,7 @@ class Forwarder:
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
         self._pinger = StartupPing(self, reactor, self.log)
-        self.reuse = Reuse(
-            reactor,
-            store=config.reuse_answers,
-            max_seconds=config.reuse_max_seconds,
-            max_entries=config.reuse_max_entries,
-            max_bytes=config.reuse_max_bytes,
-            log=self.log,
-        )
+        self.reuse = Reuse.configured(reactor, config, self.log)
         self._closed = False
 
     def _next_request_id(self) -> str:
@@ -152,13 +145,7 @@ class Forwarder:
             self.log.exception("Antispam check %s failed inside the module", name)
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
             shared = Shared(verdict, None, self._next_request_id())
-        seconds = self._reactor.seconds() - start
-        verdict = attrs.evolve(
-            shared.verdict,
-            request_id=shared.request_id,
-            http_status=shared.status,
-            seconds=seconds,
-        )
+        verdict = shared.verdict_for(self._reactor.seconds() - start)
         self._observer.decided(name, verdict)
         if how is not None:
             self._observer.reused(name, how)

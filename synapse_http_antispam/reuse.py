@@ -33,6 +33,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure as TwistedFailure
 
+from synapse_http_antispam.config import Config
 from synapse_http_antispam.verdict import Outcome, Verdict
 
 # The outcomes an antispam server decides; everything else is about the call, not the user.
@@ -113,6 +114,12 @@ class Shared:
     status: int | None
     request_id: str
     max_age: float = 0.0
+
+    def verdict_for(self, seconds: float) -> Verdict:
+        """One caller's own copy: the request the server saw, the caller's own wait."""
+        return attrs.evolve(
+            self.verdict, request_id=self.request_id, http_status=self.status, seconds=seconds
+        )
 
 
 def size_of(shared: Shared) -> int:
@@ -206,6 +213,17 @@ class Reuse:
         self.store = Store(max_entries, max_bytes)
         self._flights: dict[bytes, _Flight] = {}
         self._log = log or logging.getLogger(__name__)
+
+    @classmethod
+    def configured(cls, clock: Clock, config: Config, log: Any = None) -> Reuse:
+        return cls(
+            clock,
+            store=config.reuse_answers,
+            max_seconds=config.reuse_max_seconds,
+            max_entries=config.reuse_max_entries,
+            max_bytes=config.reuse_max_bytes,
+            log=log,
+        )
 
     @property
     def in_flight(self) -> int:
