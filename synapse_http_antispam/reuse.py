@@ -116,9 +116,14 @@ class Shared:
     max_age: float = 0.0
 
     def verdict_for(self, seconds: float) -> Verdict:
-        """One caller's own copy: the request the server saw, the caller's own wait."""
+        """One caller's own copy: the request the server saw, the caller's own wait, and its
+        own dict of extra fields (Synapse may hold on to it or change it)."""
         return attrs.evolve(
-            self.verdict, request_id=self.request_id, http_status=self.status, seconds=seconds
+            self.verdict,
+            fields=dict(self.verdict.fields),
+            request_id=self.request_id,
+            http_status=self.status,
+            seconds=seconds,
         )
 
 

@@ -415,7 +415,7 @@ async def test_rejections_with_max_age_are_reused_with_their_fields(
     assert len(server.requests) == 1
     assert again.outcome is Outcome.REJECTED
     assert (again.errcode, again.message, again.fields) == ("ORG_X", "Go away", {"policy": "spam"})
-    assert first.fields == again.fields
+    assert first.fields == again.fields and first.fields is not again.fields
 
 
 @pytest.mark.parametrize(
