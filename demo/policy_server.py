@@ -12,6 +12,10 @@ The protocol (README, "Wire protocol"): the module POSTs a JSON object to /<call
 allows; a 4xx (except 401 and 407) with a JSON object rejects, and its `errcode`, `error` and
 any extra fields reach the Matrix client; anything else (5xx, 401, no answer...) counts as this
 server failing, and the module's `fail_open` policy decides.
+
+An answer may say how long the module can reuse it for identical calls (same callback, same
+body): `Cache-Control: max-age=N` (README, "Reusing answers"). This server says so for
+user-directory searches, which ask about the same profiles again and again.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import argparse
 import json
 import socket
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Answer = tuple[int, dict[str, Any]]  # (HTTP status, JSON body)
 ALLOW: Answer = (200, {})
+# Callbacks whose answers the module may reuse, and for how many seconds. A block added to the
+# policy reaches a search at most this late; leave a callback out to be asked every time.
+REUSE_SECONDS = {"check_username_for_spam": 60}
 
 
 def forbidden(message: str) -> Answer:
@@ -74,6 +82,7 @@ class PolicyServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], policy: Policy, token: str | None) -> None:
         self.policy, self.token = policy, token
+        self.calls: Counter[str] = Counter()  # requests received, by callback
         self.connections: set[socket.socket] = set()
         super().__init__(address, Handler)
 
@@ -120,12 +129,16 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):  # 5xx, not 4xx: a bad request is no verdict on the user
             return self.answer(500, {"errcode": "M_NOT_JSON", "error": "Expected a JSON object"})
         callback = self.path.rstrip("/").rsplit("/", 1)[-1]
-        self.answer(*self.server.policy.decide(callback, body))
+        self.server.calls[callback] += 1
+        status, answer = self.server.policy.decide(callback, body)
+        self.answer(status, answer, REUSE_SECONDS.get(callback))
 
-    def answer(self, status: int, body: dict[str, Any]) -> None:
+    def answer(self, status: int, body: dict[str, Any], max_age: int | None = None) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if max_age:
+            self.send_header("Cache-Control", f"max-age={max_age}")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

@@ -116,7 +116,22 @@ def register(synapse: SynapseServer, name: str) -> Response:
     return synapse.admin_register(name, PASSWORD)
 
 
-def scenario(synapse: SynapseServer, policy_up: Callable[[bool], None]) -> list[bool]:
+def search(client: Client, term: str, policy: Callable[[], PolicyServer]) -> Response:
+    """A user-directory search, shown as what it found and the calls the policy server got."""
+    before = policy().calls["check_username_for_spam"]
+    status, body = client.search_users(term)
+    if status != 200:
+        return status, body
+    names = [r["user_id"] for r in body.get("results", [])]
+    calls = policy().calls["check_username_for_spam"] - before
+    return status, {"_shows": f"{names}, {calls} call(s) to the policy server", "_calls": calls}
+
+
+def scenario(
+    synapse: SynapseServer,
+    policy_up: Callable[[bool], None],
+    policy: Callable[[], PolicyServer],
+) -> list[bool]:
     t = Table()
     alice, bob, carol, mallory = (
         synapse.register(n, PASSWORD) for n in ("alice", "bob", "carol", "mallory")
@@ -143,6 +158,20 @@ def scenario(synapse: SynapseServer, policy_up: Callable[[bool], None]) -> list[
     )
     t.step(
         "bob", "say 'hi alice'", "allowed", lambda: bob.send_message(room_id, "hi alice"), allowed
+    )
+    t.step(
+        "bob",
+        "search users for 'alice'",
+        "found, 1 call (max-age=60)",
+        lambda: search(bob, "alice", policy),
+        lambda status, body: status == 200 and body.get("_calls") == 1,
+    )
+    t.step(
+        "bob",
+        "search users for 'alice' again",
+        "found, no call: answer reused",
+        lambda: search(bob, "alice", policy),
+        lambda status, body: status == 200 and body.get("_calls") == 0,
     )
 
     t.phase(f"Phase 2: the policy blocks {BLOCKED_USER} and the word {BLOCKED_WORD!r}")
@@ -277,7 +306,7 @@ def main() -> int:
     print(f"talking to the example policy server (demo/policy_server.py) at {policy_url}.\n")
     try:
         synapse.start()
-        results = scenario(synapse, policy_up)
+        results = scenario(synapse, policy_up, lambda: servers[-1])
         failed = results.count(False)
         print(f"\n{len(results) - failed} of {len(results)} steps as expected.")
         if failed:

@@ -25,6 +25,8 @@ DEFAULT_TIMEOUT = 5.0
 # Media uploads can be large and scanners slow; everything else sits on an interactive path.
 DEFAULT_TIMEOUTS: Mapping[str, float] = {"check_media_file_for_spam": 30.0}
 MAX_TIMEOUT = 300.0
+# The longest a server's answer may be reused, whatever its max-age says.
+MAX_REUSE_SECONDS = 86400.0
 
 
 @attrs.frozen
@@ -66,6 +68,12 @@ class Config:
     media_content_max_bytes: int = 0
     # A short name for this instance in logs and metrics; base_url when not set.
     name: str | None = None
+    # Answers the server marks `Cache-Control: max-age=N` answer identical calls for N seconds
+    # (at most reuse_max_seconds), from a store of at most reuse_max_entries / _bytes.
+    reuse_answers: bool = True
+    reuse_max_seconds: float = 300.0
+    reuse_max_entries: int = 10_000
+    reuse_max_bytes: int = 8 * 1024 * 1024
 
     @property
     def label(self) -> str:
@@ -111,6 +119,10 @@ KEYS = (
     "ca_file",
     "media_content_max_bytes",
     "name",
+    "reuse_answers",
+    "reuse_max_seconds",
+    "reuse_max_entries",
+    "reuse_max_bytes",
 )
 BREAKER_KEYS = ("failure_threshold", "failure_rate", "window", "probe_interval")
 
@@ -157,6 +169,17 @@ def _seconds(key: str, value: Any) -> float:
         raise _fail(key, f"expected a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT:
         raise _fail(key, f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {value}")
+    return float(value)
+
+
+def _reuse_seconds(value: Any) -> float:
+    key = "reuse_max_seconds"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, f"expected a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0 or value > MAX_REUSE_SECONDS:
+        raise _fail(
+            key, f"must be more than 0 and at most {MAX_REUSE_SECONDS:g} seconds, got {value}"
+        )
     return float(value)
 
 
@@ -345,6 +368,14 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
             0,
         ),
         name=_name(raw.get("name")),
+        reuse_answers=_bool("reuse_answers", raw.get("reuse_answers", default.reuse_answers)),
+        reuse_max_seconds=_reuse_seconds(raw.get("reuse_max_seconds", default.reuse_max_seconds)),
+        reuse_max_entries=_count(
+            "reuse_max_entries", raw.get("reuse_max_entries", default.reuse_max_entries), 1
+        ),
+        reuse_max_bytes=_count(
+            "reuse_max_bytes", raw.get("reuse_max_bytes", default.reuse_max_bytes), 64 * 1024
+        ),
     )
     # Base64 grows content by 4/3; leave room for the metadata around it.
     needed = config.media_content_max_bytes * 4 // 3 + 4096

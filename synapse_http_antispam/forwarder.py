@@ -27,6 +27,7 @@ from synapse_http_antispam.guards import Breaker, Limiter
 from synapse_http_antispam.log import instance_log, report_verdict
 from synapse_http_antispam.metrics import NullObserver, Observer
 from synapse_http_antispam.pinger import Pinger
+from synapse_http_antispam.reuse import Reuse, Shared
 from synapse_http_antispam.sending import Sender
 from synapse_http_antispam.verdict import (
     BACKGROUND,
@@ -100,6 +101,7 @@ class Forwarder:
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
         self._pinger = Pinger(self._sender, self.endpoints, reactor, self.url, self.log)
+        self.reuse = Reuse.configured(reactor, config, self.log)
         self._closed = False
 
     def _next_request_id(self) -> str:
@@ -124,47 +126,59 @@ class Forwarder:
         *,
         report: bool = True,
         enforce: bool = True,
+        store: bool = True,
     ) -> Verdict:
         """The verdict for one callback call. Never raises, but passes a cancellation on.
 
         With report=False the caller logs the outcome through `report`, from its own log
         context, so that Synapse's log line carries the request it belongs to. With
         enforce=False (`report_only`, `async`) the verdict is its `unenforced` twin, counted
-        and logged as such, never as an enforced rejection.
+        and logged as such, never as an enforced rejection. An identical call in flight, or an
+        answer the server allowed to be reused (store=True), answers it without a request of
+        its own (`reuse`).
         """
         if self.known_unimplemented(name):
             return self.skip_unimplemented(name)
         start = self._reactor.seconds()
-        request_id = self._next_request_id()
-        status: int | None = None
+        how = None
         try:
-            verdict, status = await self._check(name, kind, payload, request_id)
-        except CallFailed as e:
-            status = e.status
-            verdict = failed(e.failure, self._config.fails_open(name))
-            verdict = attrs.evolve(verdict, detail=e.detail)
+            body = encode(payload)
+            decide = lambda: self._decide(name, kind, body)  # noqa: E731
+            shared, how = await self.reuse.answer(name, body, decide, store=store)
         except CancelledError:
             raise  # Synapse (or a caller) gave up on this check: not a verdict to report
         except Exception:
             self.log.exception("Antispam check %s failed inside the module", name)
             verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
-        seconds = self._reactor.seconds() - start
-        verdict = attrs.evolve(verdict, request_id=request_id, http_status=status, seconds=seconds)
+            shared = Shared(verdict, None, self._next_request_id())
+        verdict = shared.verdict_for(self._reactor.seconds() - start)
         if not enforce:
             verdict = unenforced(verdict)
         self._observer.decided(name, verdict)
+        if how is not None:
+            self._observer.reused(name, how)
         if report:
             self.report(name, verdict)
         return verdict
+
+    async def _decide(self, name: str, kind: Kind, body: bytes) -> Shared:
+        """One call to the server, as a result every identical call may share. A failure is a
+        result too; an exception inside the module reaches every sharer (each logs it)."""
+        request_id = self._next_request_id()
+        try:
+            verdict, status, max_age = await self._check(name, kind, body, request_id)
+        except CallFailed as e:
+            verdict = failed(e.failure, self._config.fails_open(name))
+            return Shared(attrs.evolve(verdict, detail=e.detail), e.status, request_id)
+        return Shared(verdict, status, request_id, max_age)
 
     def report(self, name: str, verdict: Verdict) -> None:
         why = "async" if name in self._config.background else "report_only"
         report_verdict(self.log, name, verdict, why)
 
     async def _check(
-        self, name: str, kind: Kind, payload: Mapping[str, Any], request_id: str
-    ) -> tuple[Verdict, int]:
-        body = encode(payload)
+        self, name: str, kind: Kind, body: bytes, request_id: str
+    ) -> tuple[Verdict, int, float]:
         if len(body) > self._config.max_request_bytes:
             raise CallFailed(Failure.REQUEST_TOO_LARGE)
         if not self.breaker.allow():
@@ -180,7 +194,7 @@ class Forwarder:
             self.endpoints.unimplemented(name, answer.status)
         else:
             raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
-        return verdict, answer.status
+        return verdict, answer.status, self.reuse.max_age(answer.cache_control)
 
     # ---- background (`async:`) callbacks --------------------------------------------------
 
@@ -197,8 +211,10 @@ class Forwarder:
         def done(_: object) -> None:
             self.background_running -= 1
 
-        # The action went through already: the answer is recorded, never enforced.
-        defer.ensureDeferred(self.check(name, kind, payload, enforce=False)).addBoth(done)
+        # The action went through already: the answer is recorded, never enforced, and not
+        # stored (a server that only watches sees every call).
+        task = self.check(name, kind, payload, enforce=False, store=False)
+        defer.ensureDeferred(task).addBoth(done)
         return BACKGROUND
 
     # ---- ping: at startup (`do_ping`), for the breaker's probe, for evidence, for `check` --
@@ -220,6 +236,7 @@ class Forwarder:
 
     async def close(self) -> None:
         self._closed = True
+        self.reuse.clear()
         self.breaker.stop()
         self._pinger.stop()
         await self._wire.close()

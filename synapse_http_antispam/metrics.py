@@ -21,6 +21,7 @@ class Observer(Protocol):
     def breaker_changed(self, is_open: bool, why: str) -> None: ...
     def breaker_probed(self, answered: bool) -> None: ...
     def background_dropped(self, callback: str) -> None: ...
+    def reused(self, callback: str, how: str) -> None: ...
 
 
 class NullObserver:
@@ -39,6 +40,9 @@ class NullObserver:
         pass
 
     def background_dropped(self, callback: str) -> None:
+        pass
+
+    def reused(self, callback: str, how: str) -> None:
         pass
 
 
@@ -97,6 +101,12 @@ def _create() -> dict[str, Any] | None:
             "Background (async) checks dropped because max_background were running",
             ["server", "callback"],
         ),
+        "reused": Counter(
+            f"{prefix}_reused_total",
+            "Decisions answered without a request of their own, by callback and how (coalesced: "
+            "with an identical call in flight; stored: from an answer the server let be reused)",
+            ["server", "callback", "how"],
+        ),
         "timeout": Gauge(
             f"{prefix}_timeout_seconds",
             "The configured deadline of each enabled callback (to compare latency against)",
@@ -142,3 +152,7 @@ class PrometheusObserver:
     def background_dropped(self, callback: str) -> None:
         if self._m is not None:
             self._m["dropped"].labels(self._server, callback).inc()
+
+    def reused(self, callback: str, how: str) -> None:
+        if self._m is not None:
+            self._m["reused"].labels(self._server, callback, how).inc()

@@ -65,6 +65,8 @@ class Answer:
     body: bytes = b""
     complete: bool = True
     content_type: str = ""
+    # Every Cache-Control header line, joined with ", " (untrusted: `reuse.max_age` reads it).
+    cache_control: str = ""
     # For a body nobody needs: fires (with None) once it has been read away, cut at the cap,
     # or broken off; cancelling it drops the connection. Waiting for it keeps the connection
     # reusable; its outcome changes nothing about the answer.
@@ -295,12 +297,15 @@ class Wire:
         content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
         if isinstance(content_type, bytes):  # pragma: no cover - treq gives str for str names
             content_type = content_type.decode("latin-1")
+        cache_control = ", ".join(response.headers.getRawHeaders("cache-control") or [])
         if not body_needed(response.code):
             rest = _read_body(response, self._max_response_bytes)
             rest.addErrback(lambda failure: failure.trap(CallFailed) and None)
-            return Answer(response.code, content_type=content_type, rest=rest)
+            return Answer(
+                response.code, content_type=content_type, cache_control=cache_control, rest=rest
+            )
         content, complete = await _read_body(response, self._max_response_bytes)
-        return Answer(response.code, content, complete, content_type)
+        return Answer(response.code, content, complete, content_type, cache_control)
 
     async def _request(self, url: str, body: bytes, headers: Headers) -> IResponse:
         for attempt in (1, 2):

@@ -471,7 +471,9 @@ async def test_hung_server_bounds_concurrency_and_fails_fast_beyond_the_queue(
     observer = InFlight()
     f = Forwarder(parse_config(raw), observer=observer)
     try:
-        results = await defer.gatherResults([defer.ensureDeferred(check(f)) for _ in range(300)])
+        # Different calls: identical ones in flight would share one request (test_reuse.py).
+        calls = [defer.ensureDeferred(check(f, inviter=f"@a{i}:x")) for i in range(300)]
+        results = await defer.gatherResults(calls)
         reasons = [v.failure for v in results]
         assert reasons.count(Failure.OVERLOADED) == 300 - 12
         assert reasons.count(Failure.TIMEOUT) == 12
@@ -618,9 +620,8 @@ async def test_server_down_under_load_trips_the_breaker_and_memory_stays_flat() 
     try:
 
         async def wave() -> list[Verdict]:
-            return list(
-                await defer.gatherResults([defer.ensureDeferred(check(f)) for _ in range(300)])
-            )
+            calls = [defer.ensureDeferred(check(f, inviter=f"@a{i}:x")) for i in range(300)]
+            return list(await defer.gatherResults(calls))
 
         first = await wave()
         # 8 in flight and 32 waiting at most, the rest refused at once. Twisted reports a

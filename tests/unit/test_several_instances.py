@@ -46,8 +46,8 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-async def invite(f: Forwarder) -> Verdict:
-    return await f.check("user_may_invite", Kind.GATE, INVITE)
+async def invite(f: Forwarder, **change: str) -> Verdict:
+    return await f.check("user_may_invite", Kind.GATE, {**INVITE, **change})
 
 
 @pytest.fixture
@@ -115,8 +115,9 @@ async def test_the_limiter_is_per_instance(live_server: AntispamServer) -> None:
         first = defer.ensureDeferred(invite(busy))
         await sleep(0.1)
         assert busy.limiter.active == 1 and other.limiter.active == 0
-        # busy's one slot is taken: its next call is refused at once; other's is not.
-        assert (await invite(busy)).failure is Failure.OVERLOADED
+        # busy's one slot is taken: its next call (another one: an identical call would share
+        # the first one's answer) is refused at once; other's is not.
+        assert (await invite(busy, invitee="@c:x")).failure is Failure.OVERLOADED
         verdict = await invite(other)
         assert verdict.outcome is Outcome.ALLOWED, verdict
         assert (await first).outcome is Outcome.ALLOWED
