@@ -4,9 +4,8 @@
 `spam_checker:` section (tested from Synapse 1.25).
 """
 
-__version__ = "1.0.0.dev0"
-
 from synapse_http_antispam.legacy import LegacyHTTPAntispam
 from synapse_http_antispam.module import HTTPAntispam
+from synapse_http_antispam.version import __version__
 
 __all__ = ["HTTPAntispam", "LegacyHTTPAntispam", "__version__"]

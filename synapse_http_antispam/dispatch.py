@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
-from synapse_http_antispam import __version__
 from synapse_http_antispam.catalogue import CALLBACKS, Callback
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.forwarder import Forwarder
@@ -19,6 +18,7 @@ from synapse_http_antispam.synapse_compat import (
     to_synapse,
 )
 from synapse_http_antispam.verdict import ALLOW, Failure, Verdict, failed
+from synapse_http_antispam.version import __version__
 
 logger = logging.getLogger(__name__)
 

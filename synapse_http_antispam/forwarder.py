@@ -18,7 +18,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 
-from synapse_http_antispam import __version__, answers
+import synapse_http_antispam.answers as answers
 from synapse_http_antispam.answers import PingResult
 from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.config import Config
@@ -39,6 +39,7 @@ from synapse_http_antispam.verdict import (
     failed,
     unenforced,
 )
+from synapse_http_antispam.version import __version__
 from synapse_http_antispam.wire import Wire, encode
 
 __all__ = ["Forwarder", "PingResult", "encode"]

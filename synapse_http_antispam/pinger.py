@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall
 
-from synapse_http_antispam import answers
+import synapse_http_antispam.answers as answers
 from synapse_http_antispam.answers import PingResult
 from synapse_http_antispam.endpoints import Endpoints
 from synapse_http_antispam.sending import Sender

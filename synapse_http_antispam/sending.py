@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from synapse_http_antispam import answers
+import synapse_http_antispam.answers as answers
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.guards import Breaker, Limiter
 from synapse_http_antispam.metrics import Observer

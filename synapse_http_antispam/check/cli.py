@@ -11,7 +11,6 @@ from typing import Any, NoReturn
 
 from twisted.internet import defer, task
 
-from synapse_http_antispam import __version__
 from synapse_http_antispam.check.homeserver import (
     PACKAGE,
 )
@@ -23,6 +22,7 @@ from synapse_http_antispam.check.synthetic import (
     CHECK_HEADER_VALUE,
     CHECK_USER,
 )
+from synapse_http_antispam.version import __version__
 
 
 def version_text() -> str:

@@ -7,9 +7,9 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from synapse_http_antispam import __version__
 from synapse_http_antispam.check.report import EXIT_CONFIG, EXIT_OK, EXIT_SERVER, Instance, Report
 from synapse_http_antispam.check.rows import Row, ms, ping_text, plural
+from synapse_http_antispam.version import __version__
 
 
 class _Paint:

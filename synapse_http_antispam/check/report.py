@@ -11,10 +11,10 @@ from typing import Any
 
 import attrs
 
-from synapse_http_antispam import __version__
 from synapse_http_antispam.check.homeserver import Entry
 from synapse_http_antispam.check.installed import SynapseInfo
 from synapse_http_antispam.check.rows import Row
+from synapse_http_antispam.version import __version__
 
 EXIT_OK = 0
 EXIT_SERVER = 1

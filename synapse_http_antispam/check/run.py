@@ -10,7 +10,6 @@ import attrs
 
 from twisted.internet import defer
 
-from synapse_http_antispam import __version__
 from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES, NAMES
 from synapse_http_antispam.check.homeserver import (
     LEGACY_CLASS,
@@ -38,6 +37,7 @@ from synapse_http_antispam.synapse_compat import (
     synapse_version_string,
 )
 from synapse_http_antispam.verdict import Verdict
+from synapse_http_antispam.version import __version__
 
 
 @attrs.frozen
