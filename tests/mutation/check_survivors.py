@@ -14,6 +14,10 @@ in one function share one key, so one entry explains both; and an edit of the mu
 itself makes its entry stale (reported, and the survivor reported as new), which is when it
 deserves another look anyway.
 
+An entry without `was` and `now` explains every surviving mutant of its function: only for a
+function whose every mutant is out of mutmut's reach (one run only at import, such as the
+catalogue's builders, before mutmut switches a mutant on), with that said in `why`.
+
 An entry that no longer matches a surviving mutant is stale: it is reported and fails the run
 as well, so that the file says only what is true. A mutant mutmut has not tried yet (an
 interrupted run) fails the run too.
@@ -44,6 +48,7 @@ CAUGHT = {"killed", "timeout", "segfault"}
 UNCAUGHT = {"survived", "no tests", "suspicious"}
 
 Key = tuple[str, str, str]
+ANY = "*"  # an entry without `was` and `now`: every mutant of the function
 
 
 def results() -> dict[str, tuple[str, str]]:
@@ -78,14 +83,14 @@ def key_of(name: str, diff: str) -> Key:
 
 def explained() -> dict[Key, str]:
     entries = tomllib.loads(EXPLAINED.read_text()).get("equivalent", [])
-    keys = [(e["function"], e["was"], e["now"]) for e in entries]
+    keys = [(e["function"], e.get("was", ANY), e.get("now", ANY)) for e in entries]
     for key, count in Counter(keys).items():
         if count > 1:
             sys.exit(f"{EXPLAINED.name}: listed {count} times: {key}")
     for entry in entries:
         if not entry.get("why", "").strip():
             sys.exit(f"{EXPLAINED.name}: no reason (`why`) given for {entry}")
-    return {(e["function"], e["was"], e["now"]): e["why"] for e in entries}
+    return dict(zip(keys, (e["why"] for e in entries)))
 
 
 def main() -> int:
@@ -104,8 +109,9 @@ def main() -> int:
             continue
         diff = diff_of(name, source)
         key = key_of(name, diff)
-        if key in reasons:
-            seen.add(key)
+        whole = (key[0], ANY, ANY)
+        if key in reasons or whole in reasons:
+            seen.add(key if key in reasons else whole)
         else:
             unexplained.append((name, status, diff))
 

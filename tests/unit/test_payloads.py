@@ -177,3 +177,31 @@ async def test_synapse_types_in_a_body_are_sent_as_json(server: AntispamServer) 
         "bytes": "café \ufffd",
         "named": "#named:test",
     }
+
+
+class Chunks:
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = chunks
+
+    async def write_chunks_to(self, callback: Any) -> None:
+        for chunk in self.chunks:
+            callback(chunk)
+
+
+@modern_only
+@pytest.mark.parametrize(
+    "cap, chunks, content",
+    [(0, (), None), (1, (b"x",), "eA=="), (1, (b"x", b"y"), None), (0, (b"x",), None)],
+    ids=["empty-file-off", "one-byte-fits-1", "two-bytes-over-1", "one-byte-off"],
+)
+@pytest_twisted.ensureDeferred
+async def test_media_content_is_sent_only_when_turned_on_and_within_the_cap(
+    server: AntispamServer, cap: int, chunks: tuple[bytes, ...], content: str | None
+) -> None:
+    api = installed_api()
+    config = {"base_url": server.base_url, "media_content_max_bytes": cap}
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    await api.registered["check_media_file_for_spam"](Chunks(*chunks), FlatFileInfo())
+    [request] = server.requests_for("check_media_file_for_spam")
+    assert request.json.get("content_base64") == content
+    assert request.json["size"] == sum(map(len, chunks))
