@@ -129,7 +129,12 @@ FLAT = {"width": 64, "height": 48, "method": "crop", "type": "image/jpeg", "leng
     [
         (
             FileInfoWithThumbnail(),
-            {"server_name": "remote.test", "file_id": "abc", "url_cache": True, "thumbnail": THUMBNAIL},
+            {
+                "server_name": "remote.test",
+                "file_id": "abc",
+                "url_cache": True,
+                "thumbnail": THUMBNAIL,
+            },
         ),
         (
             FlatFileInfo(),
