@@ -158,3 +158,16 @@ def test_opened_after_stopping_it_sends_no_probe() -> None:
         b.unreachable("connect")
     clock.advance(10)
     assert probe.calls == 0
+
+
+def test_the_window_holds_its_last_ten_buckets_and_no_more() -> None:
+    """window=10: a failure counts for the rest of its one-second bucket and nine more."""
+    clock, probe, observer = task.Clock(), Probe(), Recorder()
+    clock.advance(100.5)
+    b = Breaker(BreakerConfig(0, window=10), clock, observer, probe=probe)  # never opens
+    b.unreachable("connect")
+    b.reachable()
+    clock.advance(9)  # 109.5: bucket 109, the window's buckets are 100..109
+    assert b.window_counts() == (2, 1)
+    clock.advance(0.5)  # 110.0: bucket 100 has left the window
+    assert b.window_counts() == (0, 0)
