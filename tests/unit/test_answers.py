@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from synapse_http_antispam.answers import detail, from_antispam_server, no_endpoint
+from synapse_http_antispam.answers import (
+    body_needed,
+    classify,
+    detail,
+    from_antispam_server,
+    no_endpoint,
+    ping_outcome,
+)
+from synapse_http_antispam.catalogue import Kind
+from synapse_http_antispam.verdict import ALLOW, CallFailed, Failure
 from synapse_http_antispam.wire import Answer
 
 JSON = "application/json; charset=utf-8"
@@ -95,3 +104,87 @@ def test_only_an_errcode_string_shows_the_antispam_server() -> None:
     assert not from_antispam_server(Answer(404, b'{"errcode": 404}'))
     assert not from_antispam_server(Answer(404, b'{"errcode": "M_NOT_FOUND"}', False))
     assert not from_antispam_server(Answer(502, b"Bad Gateway"))
+
+
+def failure_of(kind: Kind, answer: Answer) -> tuple[Failure, int | None, str]:
+    with pytest.raises(CallFailed) as raised:
+        classify(kind, answer)
+    return raised.value.failure, raised.value.status, raised.value.detail
+
+
+def test_a_3xx_is_not_an_answer() -> None:
+    """Redirects are not followed: a 300 is a failure, not an allow, and not the server's."""
+    answer = Answer(300, b"Multiple Choices")
+    assert failure_of(Kind.GATE, answer) == (Failure.HTTP_STATUS, 300, "Multiple Choices")
+    assert body_needed(Kind.GATE, 300) and not body_needed(Kind.GATE, 299)
+    assert not from_antispam_server(answer)
+    assert ping_outcome(answer, "p1") == Failure.BAD_RESPONSE.value
+
+
+def test_only_a_registration_can_ask_for_a_shadow_ban() -> None:
+    answer = Answer(200, b'{"shadow_ban": true}', True, JSON)
+    assert classify(Kind.GATE, answer) == ALLOW
+    assert classify(Kind.REGISTRATION, answer).shadow_ban
+    assert not classify(Kind.REGISTRATION, Answer(200, b'{"shadow_ban": true}', False)).shadow_ban
+
+
+@pytest.mark.parametrize(
+    "answer, failure, detail_text",
+    [
+        (
+            Answer(401, b'{"errcode": "M_UNKNOWN_TOKEN", "error": "bad token"}'),
+            Failure.AUTH,
+            "M_UNKNOWN_TOKEN: bad token",
+        ),
+        (
+            Answer(400, b'{"errcode": "M_FORBIDDEN", "error": "' + b"x" * 50, False),
+            Failure.TOO_LARGE,
+            "",
+        ),
+        (Answer(400, b"Bad Request", True, "text/plain"), Failure.BAD_RESPONSE, "Bad Request"),
+        (Answer(500, b"oops", True, "text/plain"), Failure.HTTP_STATUS, "oops"),
+    ],
+    ids=["auth", "too-large", "bad-response", "http-status"],
+)
+def test_a_failed_answer_keeps_its_status_and_words(
+    answer: Answer, failure: Failure, detail_text: str
+) -> None:
+    assert failure_of(Kind.GATE, answer) == (failure, answer.status, detail_text)
+
+
+@pytest.mark.parametrize(
+    "answer, outcome",
+    [
+        (Answer(200, b'{"id": "p1", "status": "ok"}', True, JSON), "ok"),
+        (Answer(200, b'{"id": "p1", "status": "ok"}', False, JSON), "unexpected_answer"),
+        (Answer(200, b'{"id": "p2", "status": "ok"}', True, JSON), "unexpected_answer"),
+        (Answer(200, b'{"id": "p1", "status": "starting"}', True, JSON), "unexpected_answer"),
+        (Answer(200, b"[]", True, JSON), "unexpected_answer"),
+        (Answer(404, b"Not Found", True, "text/plain"), "not_implemented"),
+        (Answer(401, b"Unauthorized"), "auth"),
+        (Answer(407, b"Proxy Authentication Required"), "auth"),
+        (Answer(500, b"oops"), "http_status"),
+        (Answer(501, b'{"errcode": "M_UNRECOGNIZED"}', True, JSON), "http_status"),
+        (Answer(403, b'{"errcode": "M_FORBIDDEN"}', True, JSON), "bad_response"),
+        (
+            Answer(403, b'{"errcode": "M_FORBIDDEN", "error": "' + b"x" * 50, False),
+            "response_too_large",
+        ),
+    ],
+    ids=[
+        "ok",
+        "ok-but-cut",
+        "other-id",
+        "not-ok",
+        "not-an-object",
+        "no-endpoint",
+        "401",
+        "407",
+        "500",
+        "matrix-501",
+        "403",
+        "403-cut",
+    ],
+)
+def test_ping_outcome(answer: Answer, outcome: str) -> None:
+    assert ping_outcome(answer, "p1") == outcome
