@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 
 from synapse_http_antispam import HTTPAntispam
+from synapse_http_antispam.catalogue import file_info_to_json
 from tests.support.antispam_server import AntispamServer
 from tests.support.synapse import real_spam_checker_keywords
 from tests.unit.test_doors import FakeFileWrapper, installed_api, modern_only
@@ -210,3 +211,22 @@ async def test_media_content_is_sent_only_when_turned_on_and_within_the_cap(
     [request] = server.requests_for("check_media_file_for_spam")
     assert request.json.get("content_base64") == content
     assert request.json["size"] == sum(map(len, chunks))
+
+
+class Bare:
+    """A FileInfo or thumbnail missing every attribute the module reads."""
+
+
+class OnlyThumbnailWidth:
+    thumbnail_width = 16
+
+
+def test_file_info_missing_attributes_are_null() -> None:
+    """Whatever a Synapse release's FileInfo lacks is sent as null (url_cache: false)."""
+    nothing = {"server_name": None, "file_id": None, "url_cache": False, "thumbnail": None}
+    assert file_info_to_json(Bare()) == nothing
+    blank_thumbnail = dict.fromkeys(("width", "height", "method", "type", "length"))
+    with_bare_thumbnail = Bare()
+    with_bare_thumbnail.thumbnail = Bare()  # type: ignore[attr-defined]
+    assert file_info_to_json(with_bare_thumbnail)["thumbnail"] == blank_thumbnail
+    assert file_info_to_json(OnlyThumbnailWidth())["thumbnail"] == {**blank_thumbnail, "width": 16}
