@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -144,4 +145,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fresh-unless"]:
+        # Before `mutmut run`: start afresh unless some mutants were named to be tried again.
+        if not sys.argv[2:]:
+            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+        sys.exit(0)
     sys.exit(main())
