@@ -150,12 +150,13 @@ def test_stopped_it_probes_no_more_and_reports_no_closing() -> None:
     assert ("changed", False, "answered a probe") not in observer.events
 
 
-def test_opened_after_stopping_it_sends_no_probe() -> None:
+def test_opened_after_stopping_it_sends_no_probe_and_leaves_no_timer() -> None:
     clock, probe, observer = task.Clock(), Probe(), Recorder()
     b = make(clock, probe, observer)
     b.stop()
     for _ in range(3):
         b.unreachable("connect")
+    assert clock.getDelayedCalls() == []
     clock.advance(10)
     assert probe.calls == 0
 

@@ -99,3 +99,11 @@ def test_a_404_from_an_endpoint_that_answered_before_is_a_glitch(
             "endpoint), although it answered it before; allowing this call",
         )
     ]
+
+
+def test_answering_a_callback_never_missing_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    endpoints = Endpoints(Clock(), URL, log)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.answered("user_may_invite")
+        endpoints.answered("user_may_invite")
+    assert records(caplog) == []
