@@ -77,7 +77,7 @@ class AntispamServer:
     record_class: type[Recorded] = Recorded
     extra_methods: tuple[str, ...] = ()
     # How often serve_forever looks for shutdown(): stopping waits up to this long.
-    poll_interval = 0.5
+    poll_interval = 0.05
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None

@@ -1,0 +1,109 @@
+"""The memory of which callbacks the antispam server has no endpoint for, on a fake clock.
+
+The forwarder tests drive it through real HTTP; these pin down its timing and its log lines,
+which an admin reads to find a wrong base_url or a server without some endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from twisted.internet.task import Clock
+
+from synapse_http_antispam.endpoints import Endpoints
+
+URL = "http://antispam.test:8080/api"
+log = logging.getLogger("synapse_http_antispam.test_endpoints")
+
+
+def records(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records]
+
+
+def test_no_server_is_believed_for_ten_seconds_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    endpoints = Endpoints(clock, URL, log)
+    assert not endpoints.no_server_known
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.no_server("user_may_invite", 404)
+        assert endpoints.no_server_known
+        clock.advance(Endpoints.NO_SERVER_RECHECK - 0.5)
+        assert endpoints.no_server_known
+        clock.advance(0.5)
+        assert not endpoints.no_server_known
+        endpoints.no_server("user_may_join_room", 405)  # still not there: not logged again
+        assert endpoints.no_server_known
+    assert records(caplog) == [
+        (
+            logging.ERROR,
+            f"base_url {URL} does not reach an antispam server: user_may_invite and ping were "
+            "both answered with HTTP 404 (no such endpoint). Check base_url's host, port and "
+            "path. Until the antispam server answers, calls fail under their failure policy.",
+        )
+    ]
+
+
+def test_the_server_showing_up_ends_no_server_at_once() -> None:
+    endpoints = Endpoints(Clock(), URL, log)
+    endpoints.no_server("user_may_invite", 404)
+    endpoints.saw_server()
+    assert endpoints.server_seen and not endpoints.no_server_known
+
+
+def test_an_unimplemented_callback_is_skipped_for_ten_minutes_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    endpoints = Endpoints(clock, URL, log)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.unimplemented("user_may_publish_room", 501)
+        assert endpoints.known_unimplemented("user_may_publish_room")
+        assert not endpoints.known_unimplemented("user_may_invite")
+        clock.advance(Endpoints.RECHECK - 0.5)
+        assert endpoints.known_unimplemented("user_may_publish_room")
+        clock.advance(0.5)
+        assert not endpoints.known_unimplemented("user_may_publish_room")
+        endpoints.unimplemented("user_may_publish_room", 501)  # asked again: still none
+        assert endpoints.known_unimplemented("user_may_publish_room")
+        endpoints.answered("user_may_publish_room")  # the server was upgraded
+        assert not endpoints.known_unimplemented("user_may_publish_room")
+        endpoints.answered("user_may_publish_room")  # said once only
+    assert records(caplog) == [
+        (
+            logging.WARNING,
+            f"The antispam server at {URL} has no endpoint for user_may_publish_room (HTTP "
+            "501): allowing it, and not sending it for 600s before asking again. To stop "
+            "sending it, leave it out of enabled_callbacks.",
+        ),
+        (logging.INFO, f"The antispam server at {URL} now answers user_may_publish_room"),
+    ]
+
+
+def test_a_404_from_an_endpoint_that_answered_before_is_a_glitch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoints = Endpoints(Clock(), URL, log)
+    endpoints.answered("user_may_invite")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.unimplemented("user_may_invite", 404)
+        endpoints.unimplemented("user_may_invite", 404)
+    assert not endpoints.known_unimplemented("user_may_invite")  # keeps being asked
+    assert records(caplog) == [
+        (
+            logging.WARNING,
+            f"The antispam server at {URL} answered user_may_invite with HTTP 404 (no such "
+            "endpoint), although it answered it before; allowing this call",
+        )
+    ]
+
+
+def test_answering_a_callback_never_missing_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    endpoints = Endpoints(Clock(), URL, log)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.answered("user_may_invite")
+        endpoints.answered("user_may_invite")
+    assert records(caplog) == []
