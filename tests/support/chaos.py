@@ -284,7 +284,10 @@ def soak(
             expected[(ACCOUNTED[kind][0], callback, *ACCOUNTED[kind][1:])] += given
     for (family, callback, label, value), given in sorted(expected.items()):
         counted = metric(text, f"{PREFIX}_{family}_total", callback=callback, **{label: value})
-        if counted != given:
+        # Identical checks at the same moment share one answer (issue 20): each is a decision
+        # of its own, so the module may count up to that many more than the server answered.
+        shared = metric(text, f"{PREFIX}_reused_total", callback=callback)
+        if not given <= counted <= given + shared:
             report.mismatches.append(
                 f"{family} {callback} {label}={value}: server gave {given} such answers, "
                 f"module counted {counted:g}"

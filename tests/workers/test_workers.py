@@ -7,14 +7,13 @@ installs from the distribution's packages when missing): `tox -e workers`.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.antispam_server import AntispamServer, reject
-from tests.support.synapse import Client, SynapseServer
+from tests.support.synapse import Client, SynapseServer, metric
 from tests.support.workers import Postgres, Redis, Worker, ensure_packages, main_process
 
 pytestmark = pytest.mark.skipif(
@@ -70,12 +69,9 @@ def deployment(
 
 
 def decisions(metrics: str, callback: str, outcome: str) -> float:
-    match = re.search(
-        rf'synapse_http_antispam_decisions_total\{{callback="{callback}",outcome="{outcome}"\}} '
-        r"([0-9.e+]+)",
-        metrics,
+    return metric(
+        metrics, "synapse_http_antispam_decisions_total", callback=callback, outcome=outcome
     )
-    return float(match[1]) if match else 0.0
 
 
 def test_checks_come_from_the_worker_that_handled_the_request(
