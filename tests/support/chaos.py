@@ -38,11 +38,15 @@ KINDS: dict[str, tuple[float, Behaviour]] = {
     "json_401": (0.05, Behaviour(status=401, body={"errcode": "M_UNKNOWN_TOKEN"})),
     "invalid_json": (0.06, Behaviour(status=400, body=b'{"errcode": "M_FORB')),
     "closed": (0.06, Behaviour(close_before_response=True)),
-    "stall": (0.04, Behaviour(stall_body=True, body={"x": 1})),
+    # (The broken bodies are an error's: a 2xx allows whatever its body does.)
+    "stall": (0.04, Behaviour(status=403, stall_body=True, body={"x": 1})),
     "slow": (0.04, Behaviour(delay=3.0, body={})),
     "huge": (0.05, Behaviour(status=403, body=b"x" * 3_000_000)),
-    "endless": (0.04, Behaviour(endless_body=True)),
-    "dropped_mid_body": (0.05, Behaviour(close_mid_body=True, body={"pad": "x" * 500})),
+    "endless": (0.04, Behaviour(status=403, endless_body=True)),
+    "dropped_mid_body": (
+        0.05,
+        Behaviour(status=403, close_mid_body=True, body={"pad": "x" * 500}),
+    ),
 }
 
 # What the module must have counted for each answer the server gave instantly and whole:
