@@ -176,9 +176,9 @@ async def test_a_deadline_passing_in_the_queue_is_overloaded_and_not_counted_by_
 # ---- 5: one probe loop at most, and none after close ----------------------------------------
 
 
-def test_breaker_flaps_while_a_probe_is_in_flight_leave_one_probe_loop() -> None:
-    """Before: each close-and-reopen during a probe started another loop (6 after 5 flaps),
-    and one ping was still sent after close()."""
+def opened_breaker_probing() -> tuple[task.Clock, list[defer.Deferred[bool]], Breaker]:
+    """A breaker opened by one unanswered call, its first probe in flight and held there
+    (each probe is a Deferred the test fires when it likes)."""
     clock = task.Clock()
     pending: list[defer.Deferred[bool]] = []
 
@@ -189,6 +189,13 @@ def test_breaker_flaps_while_a_probe_is_in_flight_leave_one_probe_loop() -> None
     b = Breaker(BreakerConfig(1, 1.0, 10, 1), clock, NullObserver(), probe=probe)
     b.unreachable("connect")
     clock.advance(1)
+    return clock, pending, b
+
+
+def test_breaker_flaps_while_a_probe_is_in_flight_leave_one_probe_loop() -> None:
+    """Before: each close-and-reopen during a probe started another loop (6 after 5 flaps),
+    and one ping was still sent after close()."""
+    clock, pending, b = opened_breaker_probing()
     assert len(pending) == 1  # a probe is in flight
     for _ in range(5):  # real calls close and reopen it meanwhile
         b.reachable()
@@ -207,16 +214,7 @@ def test_breaker_flaps_while_a_probe_is_in_flight_leave_one_probe_loop() -> None
 
 
 def test_a_probe_in_flight_at_close_schedules_no_more() -> None:
-    clock = task.Clock()
-    pending: list[defer.Deferred[bool]] = []
-
-    def probe() -> defer.Deferred[bool]:
-        pending.append(defer.Deferred())
-        return pending[-1]
-
-    b = Breaker(BreakerConfig(1, 1.0, 10, 1), clock, NullObserver(), probe=probe)
-    b.unreachable("connect")
-    clock.advance(1)
+    clock, pending, b = opened_breaker_probing()
     b.stop()
     pending[0].callback(False)
     clock.advance(10)
