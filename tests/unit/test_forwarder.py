@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
@@ -21,6 +21,7 @@ from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import NullObserver
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, free_port, reject
+from tests.support.waiting import sleep, until
 
 TOKEN = "very-secret-token-123"
 
@@ -45,19 +46,6 @@ async def fwd(server: AntispamServer) -> AsyncIterator[Forwarder]:
 
 async def check(f: Forwarder, name: str = "user_may_invite", **payload: Any) -> Verdict:
     return await f.check(name, Kind.GATE, payload or {"inviter": "@a:x", "invitee": "@b:x"})
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def until(condition: Any, limit: float = 10.0) -> None:
-    """Spin the reactor until condition() holds; fail after `limit` (loaded CI machines)."""
-    for _ in range(int(limit / 0.02)):
-        if condition():
-            return
-        await sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 @pytest_twisted.ensureDeferred

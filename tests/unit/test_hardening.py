@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from synapse_http_antispam import LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import Kind
@@ -26,6 +26,7 @@ from synapse_http_antispam.synapse_compat import ConfigError
 from synapse_http_antispam.verdict import Failure, Outcome
 from tests.support.antispam_server import AntispamServer, Behaviour, reject
 from tests.support.module_api import FakeModuleApi
+from tests.support.waiting import until
 
 PROXY_404 = Behaviour(
     status=404,
@@ -46,12 +47,8 @@ def make(url: str, **extra: Any) -> Forwarder:
 
 
 async def sent(server: AntispamServer, callback: str) -> None:
-    """Spin the reactor until the server has received `callback` (never block the reactor)."""
-    for _ in range(500):
-        if server.requests_for(callback):
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"{callback} never arrived")
+    """Until the server has received `callback` (never block the reactor)."""
+    await until(lambda: server.requests_for(callback))
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:

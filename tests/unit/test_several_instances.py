@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
@@ -24,6 +24,7 @@ from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import PrometheusObserver
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port
+from tests.support.waiting import sleep
 
 prometheus_client = pytest.importorskip("prometheus_client")
 REGISTRY = prometheus_client.REGISTRY
@@ -40,10 +41,6 @@ def make(url: str, **extra: Any) -> Forwarder:
 
 def sample(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 async def invite(f: Forwarder, **change: str) -> Verdict:
