@@ -181,17 +181,21 @@ class RawServer:
         if self._stop.is_set() or time.monotonic() >= give_up_at or self.sent >= self.max_bytes:
             raise _GiveUp()
 
+    def _receive(self, sock: socket.socket, give_up_at: float) -> bytes:
+        """The next bytes the client sent (b"" while it is quiet); gives up on a close."""
+        self._check(give_up_at)
+        try:
+            piece = sock.recv(65536)
+        except socket.timeout:
+            return b""
+        if not piece:
+            raise _GiveUp()
+        return piece
+
     def _read_request(self, sock: socket.socket, give_up_at: float) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
-            self._check(give_up_at)
-            try:
-                piece = sock.recv(65536)
-            except socket.timeout:
-                continue
-            if not piece:
-                raise _GiveUp()
-            data += piece
+            data += self._receive(sock, give_up_at)
         head, _, body = data.partition(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n")[1:]:
@@ -199,14 +203,7 @@ class RawServer:
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
         while len(body) < length:
-            self._check(give_up_at)
-            try:
-                piece = sock.recv(65536)
-            except socket.timeout:
-                continue
-            if not piece:
-                raise _GiveUp()
-            body += piece
+            body += self._receive(sock, give_up_at)
         with self._lock:
             self.requests.append(head + b"\r\n\r\n" + body)
 
