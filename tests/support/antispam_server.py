@@ -6,16 +6,19 @@ the test process) and a real Synapse process can talk to it over real sockets.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import random
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Union
+from pathlib import Path
+from typing import IO, Any, Callable, Union
 
 
 @dataclass
@@ -284,18 +287,40 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+# Lock files this process holds for the ports it handed out; released when the process exits.
+_claimed: list[IO[str]] = []
+
+
+def _claim(port: int) -> bool:
+    """Whether this process now owns `port` among every test process on the machine."""
+    directory = Path(tempfile.gettempdir()) / "synapse-http-antispam-ports"
+    directory.mkdir(exist_ok=True)
+    lock = open(directory / f"{port}.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return False
+    _claimed.append(lock)
+    return True
+
+
 def free_port() -> int:
     """A free loopback port for a process that binds it later (a Synapse listener).
 
     Drawn at random from below the kernel's ephemeral range: a port the kernel handed out for
-    `bind(0)` or an outgoing connection (test servers, HTTP clients, the other tox environments
-    running in parallel) can be taken again before the later bind, which then fails with
-    "Address already in use". Nothing but this function picks ports down there.
+    `bind(0)` or an outgoing connection can be taken again before the later bind, which then
+    fails with "Address already in use". Nothing but this function picks ports down there, and
+    a lock file per port keeps the tox environments running in parallel from picking the same
+    one in the seconds between the pick and Synapse's bind (seen once in CI: two environments,
+    one metrics port).
     """
     low, _ = _ephemeral_range()
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(max(1024, low - 16384), low)
+        if not _claim(port):
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
