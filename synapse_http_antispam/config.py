@@ -132,7 +132,7 @@ def _fail(key: str, problem: str) -> ConfigError:
 
 
 def _suggest(name: str, valid: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
+    close = difflib.get_close_matches(name, valid)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -250,7 +250,7 @@ def _token(raw: Mapping[str, Any]) -> str | None:
 
 
 def _a(type_name: str) -> str:
-    names = {"int": "a number", "float": "a number", "bool": "true or false", "NoneType": "null"}
+    names = {"int": "a number", "float": "a number", "bool": "true or false"}
     return names.get(type_name, f"a {type_name}")
 
 
@@ -327,6 +327,10 @@ def _ca_file(raw: Any) -> str | None:
     return path
 
 
+# Where parse_config finds the default of a key the admin left out.
+_DEFAULTS = Config(base_url="")
+
+
 def parse_config(raw: Mapping[str, Any] | None) -> Config:
     """Validate the module's `config:` block. Raises ConfigError naming the offending key."""
     if raw is None:
@@ -334,7 +338,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
     if not isinstance(raw, Mapping):
         raise _fail("config", f"expected a mapping, got {raw!r}")
     _check_keys(raw, KEYS, "")
-    default = Config(base_url="")
+    default = _DEFAULTS
     config = Config(
         base_url=_base_url(raw.get("base_url")),
         token=_token(raw),

@@ -54,6 +54,7 @@ CAP = 300.0
         ("MAX-AGE=60", 60),
         ("  private ,  max-age = 60 ", 60),
         ('max-age="60"', 60),
+        ('max-age="6\\0"', 60),  # a quoted-pair stands for the character it quotes
         ("max-age=0", 0),
         ("max-age=007", 7),
         ("public, max-age=60, must-revalidate", 60),
@@ -169,6 +170,47 @@ def test_store_drops_expired_entries_before_live_ones() -> None:
     store.put(b"live", shared(), 100, 0)
     store.put(b"new", shared(), 100, 6)  # full: the expired one goes, not the live one
     assert store.get(b"live", 7) is not None and store.get(b"new", 7) is not None
+
+
+def test_an_entry_is_counted_for_its_overhead_and_every_text_it_holds() -> None:
+    """The byte budget is what keeps a hostile server from growing Synapse's memory: every
+    part an entry holds counts, once."""
+    verdict = Verdict(Outcome.REJECTED, "M_X", "msg", {"a": 1}, detail="dd")
+    assert size_of(Shared(verdict, 403, "rid", 60)) == 512 + len('{"a": 1}') + 3 + 3 + 2 + 3
+    assert size_of(Shared(ALLOW, 200, "r", 60)) == 512 + len(ALLOW.errcode) + 1
+
+
+def test_store_limits_are_inclusive() -> None:
+    entry = shared()
+    size = size_of(entry)
+    exact = Store(1, size)  # one entry, exactly its size: it fits
+    assert exact.put(b"k", entry, expires=1, now=0)
+    assert exact.get(b"k", 0.5) is not None
+    two = Store(2, 2 * size)  # two entries fill the budget exactly: neither goes
+    two.put(b"a", entry, 100, 0)
+    two.put(b"b", entry, 100, 0)
+    assert len(two) == 2 and two.bytes == 2 * size
+    assert not Store(1, size - 1).put(b"k", entry, 100, 0)
+    assert not Store(0, 1 << 20).put(b"k", entry, 100, 0)
+    # An answer already expired when it would be stored is not stored.
+    assert not Store(10, 1 << 20).put(b"k", entry, expires=5, now=5)
+
+
+def test_storing_a_key_again_replaces_it_and_counts_it_once() -> None:
+    store = Store(10, 1 << 20)
+    store.put(b"k", shared(rid="first"), 100, 0)
+    store.put(b"k", shared(rid="again"), 100, 1)
+    entry = store.get(b"k", 2)
+    assert entry is not None and entry.shared.request_id == "again"
+    assert len(store) == 1 and store.bytes == size_of(shared(rid="again"))
+
+
+def test_an_entry_expiring_now_makes_room_before_a_live_one() -> None:
+    store = Store(2, 1 << 20)
+    store.put(b"old", shared(), 5, 0)
+    store.put(b"live", shared(), 100, 0)
+    store.put(b"new", shared(), 100, 5)  # full at t=5, when "old" expires
+    assert store.get(b"live", 6) is not None and store.get(b"new", 6) is not None
 
 
 # ---- coalescing and the store, on a fake clock -----------------------------------------------

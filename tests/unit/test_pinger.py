@@ -1,0 +1,176 @@
+"""The startup ping (`do_ping`) as an admin watches it in the log: when each attempt happens,
+the backoff it keeps, the sentence each outcome leaves, and that it stops for good.
+
+The schedule runs on a fake clock with scripted results, so every delay is exact and no test
+waits; what one real ping sends and reports is checked against the real test server.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from synapse_http_antispam.answers import PingResult
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.pinger import Pinger
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port
+
+URL = "http://antispam.test"
+LOGGER = "tests.pinger"
+
+
+class Scripted:
+    """Stands in for the forwarder's ping: hands out the scripted results in turn and notes
+    the fake time of each attempt."""
+
+    def __init__(self, clock: Clock, *results: PingResult) -> None:
+        self.clock = clock
+        self.results = list(results)
+        self.at: list[float] = []
+
+    async def __call__(self) -> PingResult:
+        self.at.append(self.clock.seconds())
+        return self.results.pop(0)
+
+
+def pinger(clock: Clock) -> Pinger:
+    # The sender and the endpoint memory serve only ping_once, which these tests replace.
+    return Pinger(None, None, clock, URL, logging.getLogger(LOGGER))  # type: ignore[arg-type]
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+def run(clock: Clock, seconds: float) -> None:
+    """Step the fake clock by half seconds (exact in binary, so due times are hit exactly)."""
+    clock.advance(0)
+    for _ in range(int(seconds * 2)):
+        clock.advance(0.5)
+
+
+def test_failures_back_off_from_1_s_doubling_to_60_s(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = Clock()
+    ping = Scripted(
+        clock,
+        *[PingResult("connect", "id") for _ in range(8)],
+        PingResult("http_status", "id", 503),
+        PingResult("ok", "AbCdEfGh"),
+    )
+    pinger(clock).start(ping)
+    run(clock, 400)
+    gaps = [b - a for a, b in zip(ping.at, ping.at[1:])]
+    assert ping.at[0] == 0.0, "the first ping waits for nothing"
+    assert gaps == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    said = lines(caplog)
+    assert said[0] == (
+        "WARNING",
+        f"Ping to antispam server at {URL} failed: connect; retrying in 1s",
+    )
+    assert said[7][1].endswith("retrying in 60s")
+    assert said[8] == (
+        "WARNING",
+        f"Ping to antispam server at {URL} failed: http_status (HTTP 503); retrying in 60s",
+    )
+    # 0.5.x's words: antispam servers' docs tell admins to look for this line.
+    assert said[-1] == ("INFO", "Successfully pinged antispam server with request ID AbCdEfGh")
+    assert len(said) == 10
+
+
+def test_no_ping_endpoint_is_said_once_and_never_asked_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    ping = Scripted(clock, PingResult("not_implemented", "id", 404))
+    pinger(clock).start(ping)
+    run(clock, 200)
+    assert len(ping.at) == 1
+    assert lines(caplog) == [
+        (
+            "WARNING",
+            f"The antispam server at {URL} is reachable but has no ping endpoint (HTTP 404); "
+            "not pinging it again (set do_ping: false to skip this)",
+        )
+    ]
+
+
+def test_an_unexpected_answer_counts_as_reachable_and_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    ping = Scripted(clock, PingResult("unexpected_answer", "QwErTyUi", 200))
+    pinger(clock).start(ping)
+    run(clock, 200)
+    assert len(ping.at) == 1
+    assert lines(caplog) == [
+        (
+            "WARNING",
+            f"The antispam server at {URL} answered the ping (request ID QwErTyUi) with HTTP "
+            '200 but not the expected {"id": ..., "status": "ok"}; taking it as reachable',
+        )
+    ]
+
+
+def test_stop_cancels_the_next_attempt_and_forbids_new_ones() -> None:
+    clock = Clock()
+    ping = Scripted(clock, *[PingResult("timeout", "id") for _ in range(3)])
+    p = pinger(clock)
+    p.start(ping)
+    clock.advance(0)
+    assert len(ping.at) == 1 and len(clock.getDelayedCalls()) == 1
+    p.stop()
+    assert clock.getDelayedCalls() == []
+    run(clock, 100)
+    assert len(ping.at) == 1
+    p.start(ping)  # a stopped pinger stays stopped (Synapse is shutting down)
+    assert clock.getDelayedCalls() == []
+    p.stop()  # twice is fine
+
+
+def forwarder(url: str) -> Forwarder:
+    return Forwarder(parse_config({"base_url": url}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_ping_sends_a_fresh_id_of_8_letters_and_reports_it(
+    antispam: AntispamServer,
+) -> None:
+    f = forwarder(antispam.base_url)
+    try:
+        first = await f.ping_once(timeout=5)
+        second = await f.ping_once(timeout=5)
+    finally:
+        await f.close()
+    sent = [r.json["id"] for r in antispam.requests_for("ping")]
+    assert all(re.fullmatch("[A-Za-z]{8}", i) for i in sent), sent
+    assert [first.ping_id, second.ping_id] == sent and sent[0] != sent[1]
+    assert (first.outcome, first.http_status, first.detail) == ("ok", 200, "")
+    assert first.seconds >= 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_nobody_answers_has_no_status_and_no_detail() -> None:
+    f = forwarder(f"http://127.0.0.1:{free_port()}")
+    try:
+        result = await f.ping_once(timeout=5)
+    finally:
+        await f.close()
+    assert (result.outcome, result.http_status, result.detail) == ("connect", None, "")
+    assert not result.reachable
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_ping_carries_the_servers_words(antispam: AntispamServer) -> None:
+    antispam.set("ping", Behaviour(status=500, body={"errcode": "M_UNKNOWN", "error": "db down"}))
+    f = forwarder(antispam.base_url)
+    try:
+        result = await f.ping_once(timeout=5)
+    finally:
+        await f.close()
+    assert (result.outcome, result.http_status) == ("http_status", 500)
+    assert "db down" in result.detail
