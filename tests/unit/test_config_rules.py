@@ -305,7 +305,8 @@ def test_report_only_lists_callbacks() -> None:
         (b"*", "report_only: expected a list of callback names or \"*\", got b'*'"),
         (
             {"user_may_invite": True},
-            "report_only: expected a list of callback names or \"*\", got {'user_may_invite': True}",
+            'report_only: expected a list of callback names or "*", got '
+            "{'user_may_invite': True}",
         ),
         (["*", "user_may_invite"], 'report_only: "*" stands alone: it means every callback'),
         (["user_may_invite", "*"], 'report_only: "*" stands alone: it means every callback'),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+
 import pytest
 import pytest_twisted
+
 from twisted.internet.task import Clock
 
 from synapse_http_antispam.answers import PingResult
