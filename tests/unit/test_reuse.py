@@ -57,6 +57,7 @@ CAP = 300.0
         ('max-age="6\\0"', 60),  # a quoted-pair stands for the character it quotes
         ("max-age=0", 0),
         ("max-age=007", 7),
+        ("max-age=" + "0" * 20 + "60", 60),  # leading zeros never make a number huge
         ("public, max-age=60, must-revalidate", 60),
         ("max-age=60, no-store", 0),
         ("no-cache, max-age=60", 0),
@@ -194,6 +195,15 @@ def test_store_limits_are_inclusive() -> None:
     assert not Store(0, 1 << 20).put(b"k", entry, 100, 0)
     # An answer already expired when it would be stored is not stored.
     assert not Store(10, 1 << 20).put(b"k", entry, expires=5, now=5)
+
+
+def test_a_cleared_store_counts_from_nothing() -> None:
+    store = Store(10, 1 << 20)
+    store.put(b"a", shared(), 100, 0)
+    store.clear()
+    assert len(store) == 0 and store.bytes == 0 and store.get(b"a", 1) is None
+    store.put(b"b", shared(), 100, 1)
+    assert store.bytes == size_of(shared())
 
 
 def test_storing_a_key_again_replaces_it_and_counts_it_once() -> None:
