@@ -7,8 +7,10 @@ waits; what one real ping sends and reports is checked against the real test ser
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -17,8 +19,10 @@ from twisted.internet.task import Clock
 
 from synapse_http_antispam.answers import PingResult
 from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.endpoints import Endpoints
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.pinger import Pinger
+from synapse_http_antispam.wire import Answer
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port
 
 URL = "http://antispam.test"
@@ -132,6 +136,85 @@ def test_stop_cancels_the_next_attempt_and_forbids_new_ones() -> None:
     p.start(ping)  # a stopped pinger stays stopped (Synapse is shutting down)
     assert clock.getDelayedCalls() == []
     p.stop()  # twice is fine
+
+
+class Sender:
+    """Stands in for the sender (the real one is tested with real servers below and in
+    test_forwarder.py): notes what one ping asked of it, lets the fake clock run for the
+    exchange, then answers by echoing the id (or raises)."""
+
+    def __init__(self, clock: Clock, *, extra: dict[str, Any] | None = None) -> None:
+        self.clock = clock
+        self.extra = extra or {}
+        self.asked: list[dict[str, Any]] = []
+        self.raises: Exception | None = None
+
+    async def send(
+        self, name: str, body: bytes, request_id: str, kind: Any, deadline: float, *, limit: bool
+    ) -> Answer:
+        sent = json.loads(body)
+        self.asked.append(
+            {"name": name, "id": sent["id"], "request_id": request_id, "kind": kind}
+            | {"deadline": deadline, "limit": limit}
+        )
+        self.clock.advance(1.5)
+        if self.raises is not None:
+            raise self.raises
+        reply = {"id": sent["id"], "status": "ok", **self.extra}
+        return Answer(200, json.dumps(reply).encode(), content_type="application/json")
+
+
+def direct(clock: Clock, sender: Sender) -> Pinger:
+    log = logging.getLogger(LOGGER)
+    return Pinger(sender, Endpoints(clock, URL, log), clock, URL, log)  # type: ignore[arg-type]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("limit", [True, False])
+async def test_one_ping_by_its_deadline_through_the_limiter_or_past_it(limit: bool) -> None:
+    clock = Clock()
+    clock.advance(100)
+    sender = Sender(clock)
+    result = await direct(clock, sender).ping_once(limit=limit, timeout=3)
+    [asked] = sender.asked
+    assert asked == {
+        "name": "ping",
+        "id": result.ping_id,
+        "request_id": result.ping_id,
+        "kind": None,
+        "deadline": 103,
+        "limit": limit,
+    }
+    assert (result.outcome, result.http_status, result.seconds, result.detail) == (
+        "ok",
+        200,
+        1.5,
+        "",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ok_ping_carries_no_detail_whatever_else_the_server_adds() -> None:
+    clock = Clock()
+    result = await direct(clock, Sender(clock, extra={"error": "stray"})).ping_once(
+        limit=True, timeout=3
+    )
+    assert (result.outcome, result.detail) == ("ok", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_broken_inside_the_module_is_internal_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    sender = Sender(clock)
+    sender.raises = RuntimeError("bug")
+    result = await direct(clock, sender).ping_once(limit=True, timeout=3)
+    assert (result.outcome, result.http_status, result.detail) == ("internal", None, "")
+    assert not result.reachable
+    [record] = [r for r in caplog.records if r.name == LOGGER]
+    assert record.levelname == "ERROR" and record.exc_info is not None
+    assert record.getMessage() == "Ping to the antispam server failed inside the module"
 
 
 def forwarder(url: str) -> Forwarder:

@@ -215,12 +215,12 @@ def test_storing_a_key_again_replaces_it_and_counts_it_once() -> None:
     assert len(store) == 1 and store.bytes == size_of(shared(rid="again"))
 
 
-def test_an_entry_expiring_now_makes_room_before_a_live_one() -> None:
-    store = Store(2, 1 << 20)
+def test_an_entry_expiring_now_goes_when_the_next_answer_is_stored() -> None:
+    store = Store(10, 1 << 20)
     store.put(b"old", shared(), 5, 0)
     store.put(b"live", shared(), 100, 0)
-    store.put(b"new", shared(), 100, 5)  # full at t=5, when "old" expires
-    assert store.get(b"live", 6) is not None and store.get(b"new", 6) is not None
+    store.put(b"new", shared(), 100, 5)  # not full, but "old" expires at t=5: it goes now
+    assert len(store) == 2 and store.bytes == 2 * size_of(shared())
 
 
 # ---- coalescing and the store, on a fake clock -----------------------------------------------
