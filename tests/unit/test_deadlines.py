@@ -92,3 +92,51 @@ def test_a_long_outage_is_reported_again_while_the_breaker_stays_open(
         assert f.breaker.is_open
     assert len(reminders()) == 2, reminders()
     assert UNANSWERED in reminders()[0]
+
+
+def probes_started(clock: MemoryReactorClock) -> int:
+    """Connection attempts to the antispam server so far: each request makes one here, since
+    the memory reactor never completes a connection for the pool to keep."""
+    return len(clock.tcpClients)
+
+
+def probes_at(clock: MemoryReactorClock, timeout: float, times: list[float]) -> list[int]:
+    """Open the breaker with one call that times out, then count the probes started by each
+    of `times` (seconds after it opened). The clock moves in quarter seconds, exact in binary:
+    what a timer schedules runs relative to the end of the step it fired in."""
+    f = forwarder(clock, timeout=timeout, circuit_breaker={"failure_threshold": 1})
+    d = start(f, "user_may_invite")
+    clock.advance(timeout)
+    assert d.called and f.breaker.is_open
+    before, now, seen = probes_started(clock), 0.0, []
+    for t in times:
+        while now < t:
+            clock.advance(0.25)
+            now += 0.25
+        seen.append(probes_started(clock) - before)
+    return seen
+
+
+def test_the_breakers_probe_gives_up_after_2_seconds_however_long_the_timeout(
+    clock: MemoryReactorClock,
+) -> None:
+    """A probe is a liveness question: with a 5 s timeout it still gives up at 2 s, so an
+    outage is asked about every 3 s (1 s interval, then a 2 s probe), not every 6 s."""
+    # First probe at 1 s; it gives up at 3 s; the next one starts at 4 s.
+    assert probes_at(clock, 5.0, [0.5, 1.0, 3.5, 4.0]) == [0, 1, 1, 2]
+
+
+def test_the_probe_never_outlasts_a_shorter_timeout(clock: MemoryReactorClock) -> None:
+    # First probe at 1 s; with a 0.5 s timeout it gives up at 1.5 s; the next starts at 2.5 s.
+    assert probes_at(clock, 0.5, [1.0, 2.25, 2.5]) == [1, 1, 2]
+
+
+def test_an_evidence_ping_keeps_to_the_calls_own_deadline(clock: MemoryReactorClock) -> None:
+    """When a callback's 404 needs the ping's word (is an antispam server there at all?), the
+    ping gets what is left of the call's deadline (3 s here), not a fresh 5 s timeout."""
+    f = forwarder(clock, timeout=5.0)
+    d = defer.ensureDeferred(f.endpoints.server_is_there("user_may_invite", 404, 3.0, f._ping))
+    clock.advance(2.999)
+    assert not d.called, "the ping gave up before the call's deadline"
+    clock.advance(0.001)
+    assert d.called and d.result is False  # no answer: no evidence of an antispam server

@@ -15,15 +15,18 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from synapse_http_antispam.answers import PingResult
+from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.endpoints import Endpoints
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.pinger import Pinger
 from synapse_http_antispam.wire import Answer
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port
+from tests.support.waiting import until
 
 URL = "http://antispam.test"
 LOGGER = "tests.pinger"
@@ -259,3 +262,22 @@ async def test_a_refused_ping_carries_the_servers_words(antispam: AntispamServer
         await f.close()
     assert (result.outcome, result.http_status) == ("http_status", 500)
     assert "db down" in result.detail
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_waits_its_turn_unless_it_is_the_breakers_probe(
+    antispam: AntispamServer,
+) -> None:
+    """`check` and the startup ping queue like any call (max_pending 0: no queue at all);
+    only the breaker's probe may pass a limiter whose every slot hangs on a dead server."""
+    antispam.set("user_may_invite", Behaviour(never_respond=True))
+    config = {"base_url": antispam.base_url, "max_concurrency": 1, "max_pending": 0}
+    f = Forwarder(parse_config({**config, "timeout": 2}))
+    d = defer.ensureDeferred(f.check("user_may_invite", Kind.GATE, {"inviter": "@a:x"}))
+    try:
+        await until(lambda: antispam.requests_for("user_may_invite"))
+        assert (await f.ping_once(timeout=1)).outcome == "overloaded"
+        assert (await f.ping_once(limit=False, timeout=1)).outcome == "ok"
+    finally:
+        await d
+        await f.close()
