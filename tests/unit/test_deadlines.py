@@ -140,3 +140,14 @@ def test_an_evidence_ping_keeps_to_the_calls_own_deadline(clock: MemoryReactorCl
     assert not d.called, "the ping gave up before the call's deadline"
     clock.advance(0.001)
     assert d.called and d.result is False  # no answer: no evidence of an antispam server
+
+
+def test_a_ping_without_its_own_timeout_has_the_configured_one(
+    clock: MemoryReactorClock,
+) -> None:
+    f = forwarder(clock, timeout=3.0)
+    d = defer.ensureDeferred(f.ping_once())
+    clock.advance(2.5)
+    assert not d.called
+    clock.advance(0.5)
+    assert d.called and d.result.outcome == "timeout"
