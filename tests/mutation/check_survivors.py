@@ -19,7 +19,8 @@ function whose every mutant is out of mutmut's reach (one run only at import, su
 catalogue's builders, before mutmut switches a mutant on), with that said in `why`.
 
 An entry that no longer matches a surviving mutant is stale: it is reported and fails the run
-as well, so that the file says only what is true. A mutant mutmut has not tried yet (an
+as well, so that the file says only what is true. Entries for modules the run did not mutate
+are left alone, so that a long run can be made by parts (`only_mutate` narrowed each time). A mutant mutmut has not tried yet (an
 interrupted run) fails the run too.
 """
 
@@ -130,7 +131,11 @@ def main() -> int:
     for name, status, diff in unexplained:
         failed = True
         print(f"\n{status}, unexplained: {name}\n{diff}")
-    stale = sorted(set(reasons) - seen)
+    # An entry for a module this run did not mutate (`only_mutate` narrowed to run by parts)
+    # is not judged: only a module that was mutated can show that an entry no longer holds.
+    mutated = {function_of(name).rsplit(".", 1)[0] for name in found}
+    mutated |= {module.rsplit(".", 1)[0] for module in mutated}  # Class.method -> module
+    stale = sorted(key for key in set(reasons) - seen if key[0].rsplit(".", 1)[0] in mutated)
     for function, was, now in stale:
         print(f"\nStale entry in {EXPLAINED.name} (no such surviving mutant): {function}")
         print(f"    was = {was!r}\n    now = {now!r}")
