@@ -293,7 +293,10 @@ class Reuse:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if store and isinstance(result, Shared):
-            self._keep(key, result, sent)
+            try:
+                self._keep(key, result, sent)
+            except Exception:  # a fault in storing must never keep the answer from its callers
+                self._log.exception("Antispam answer could not be stored for reuse")
         waiters, flight.waiters = flight.waiters, []
         for waiter in waiters:
             if isinstance(result, Shared):

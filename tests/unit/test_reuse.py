@@ -265,6 +265,27 @@ def test_identical_calls_in_flight_share_one_call() -> None:
     assert len(calls.pending) == 3
 
 
+def test_a_fault_in_storing_never_keeps_the_answer_from_its_callers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Storing is a saving, not a step of the decision: if it breaks (a bug), every caller
+    still gets the answer, and the fault is logged, instead of the check waiting forever."""
+    clock, calls = task.Clock(), Calls()
+    reuse = Reuse(clock)
+
+    def broken(*_: Any) -> bool:
+        raise RuntimeError("store bug")
+
+    reuse.store.put = broken  # type: ignore[method-assign]
+    first, second = ask(reuse, calls), ask(reuse, calls)
+    answer = shared(seconds=60)
+    calls.pending[0].callback(answer)
+    assert first.result == (answer, None) and second.result == (answer, COALESCED)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage() == "Antispam answer could not be stored for reuse"
+    assert record.exc_info is not None
+
+
 def test_one_waiter_giving_up_does_not_cancel_the_call_for_the_others() -> None:
     clock, calls = task.Clock(), Calls()
     reuse = Reuse(clock)
