@@ -20,8 +20,8 @@ catalogue's builders, before mutmut switches a mutant on), with that said in `wh
 
 An entry that no longer matches a surviving mutant is stale: it is reported and fails the run
 as well, so that the file says only what is true. Entries for modules the run did not mutate
-are left alone, so that a long run can be made by parts (`only_mutate` narrowed each time). A mutant mutmut has not tried yet (an
-interrupted run) fails the run too.
+are left alone, so that a long run can be made by parts (`only_mutate` narrowed each time).
+A mutant mutmut has not tried yet (an interrupted run) fails the run too.
 """
 
 from __future__ import annotations
