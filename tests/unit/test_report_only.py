@@ -142,7 +142,7 @@ async def test_unenforced_rejection_is_counted_once_as_would_reject(
     assert line.levelno == logging.INFO
     assert "user_may_invite" in text and "M_FORBIDDEN" in text
     assert "Invites from you are spam" in text and verdict.request_id in text
-    assert "report_only" in text and "secret-token-xyz" not in caplog.text
+    assert "(report_only, not enforced)" in text and "secret-token-xyz" not in caplog.text
 
 
 @pytest_twisted.ensureDeferred

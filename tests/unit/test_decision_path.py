@@ -1,10 +1,11 @@
-"""`async` callbacks: allowed at once, asked in the background within `max_background`, and
-recorded (counted and logged) as what the answer would have done, with the callback's own
-meaning: a registration's shadow-ban is still read, an overflow is still counted by name."""
+"""The forwarder's own decision path, beyond what the server answers: `async` callbacks (allowed
+at once, asked in the background within `max_background`, recorded as what the answer would
+have done), request identifiers, the request size cap, and a fault inside the module."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import NullObserver
-from synapse_http_antispam.verdict import Outcome, Verdict
+from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour
 from tests.support.waiting import until
 
@@ -83,3 +84,58 @@ async def test_a_background_registration_still_reads_the_shadow_ban(
         f"Antispam {REGISTER} would shadow-ban (async, not enforced)" in r.getMessage()
         for r in caplog.records
     )
+
+
+# ---- the rest of the decision path: identifiers, the request cap, a fault inside -------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_ids_count_up_under_one_prefix_per_module(server: AntispamServer) -> None:
+    """X-Request-ID is how an admin finds one call in both logs: unique, and in order."""
+    f, _ = forwarder(server)
+    verdicts = [await f.check("user_may_invite", Kind.GATE, {"n": n}) for n in range(3)]
+    await f.close()
+    sent = [r.headers["x-request-id"] for r in server.requests_for("user_may_invite")]
+    assert sent == [v.request_id for v in verdicts]
+    prefix = sent[0].rsplit("-", 1)[0]
+    assert re.fullmatch("[0-9a-f]{8}", prefix)
+    assert sent == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_of_exactly_max_request_bytes_is_sent(server: AntispamServer) -> None:
+    f, _ = forwarder(server, max_request_bytes=1024)
+    fits = {"x": "a" * (1024 - len(b'{"x":""}'))}  # encodes to exactly 1024 bytes
+    too_big = {"x": fits["x"] + "a"}
+    try:
+        assert (await f.check("user_may_invite", Kind.GATE, fits)).outcome is Outcome.ALLOWED
+        refused = await f.check("user_may_invite", Kind.GATE, too_big)
+    finally:
+        await f.close()
+    assert refused.failure is Failure.REQUEST_TOO_LARGE
+    assert [len(r.body) for r in server.requests_for("user_may_invite")] == [1024]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "name, outcome",
+    [("user_may_invite", Outcome.FAILED_CLOSED), ("check_event_for_spam", Outcome.FAILED_OPEN)],
+)
+async def test_a_fault_inside_the_module_goes_through_the_failure_policy(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture, name: str, outcome: Outcome
+) -> None:
+    """A payload that cannot be sent (here a key JSON cannot carry) is a fault of the module,
+    not of the server: an ERROR with its traceback, and the callback's failure policy."""
+    f, recorder = forwarder(server)
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        verdict = await f.check(name, Kind.GATE, {("not", "a", "string"): 1})
+    await f.close()
+    assert (verdict.outcome, verdict.failure) == (outcome, Failure.INTERNAL)
+    assert verdict.request_id is not None and verdict.request_id.endswith("-1")
+    assert recorder.decided_ == [(name, verdict)]
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        error.getMessage() == f"[{server.base_url}] Antispam check {name} failed inside the module"
+    )
+    assert error.exc_info is not None
+    assert not server.requests
