@@ -18,10 +18,12 @@ Log = Union[logging.Logger, "logging.LoggerAdapter[Any]"]
 
 class InstanceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, label: str) -> None:
-        super().__init__(logger, {"antispam_server": label})
+        super().__init__(logger, {})
         self.label = label
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        # The label as a record attribute too, for structured (JSON) log formatters.
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), "antispam_server": self.label}
         return f"[{self.label}] {msg}", kwargs
 
 
