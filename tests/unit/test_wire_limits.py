@@ -1,0 +1,197 @@
+"""The caps on what the antispam server sends back hold to the byte, cut a body at exactly the
+right place, drop the connection they cut, and a certificate for another host is a TLS failure.
+
+Every case talks to `tests.support.raw_server` over a real local connection: the header caps
+(64 KiB and 100 lines for the status line and headers, 1xx answers included), the body cap
+(`max_response_bytes`) and the host-name check are judged at their exact boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import trustme
+
+from twisted.web._newclient import HTTPParser
+
+from synapse_http_antispam.catalogue import Kind
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES
+from tests.support.raw_server import CLOSE, Pause, RawServer, Step, chunked_forever, endless
+from tests.support.waiting import sleep
+
+TIMEOUT = 3.0
+INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
+OK = b"HTTP/1.1 200 OK\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+BODY_CAP = 1024  # the smallest max_response_bytes the config takes
+# Error answers without a Content-Length: only the bytes as they come tell the body's size.
+UNTIL_CLOSE_403 = b"HTTP/1.0 403 Forbidden\r\n\r\n"
+CHUNKED_403 = b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def check(url: str, **config: Any) -> Verdict:
+    """One user_may_invite (which fails closed) through a fresh Forwarder."""
+    raw = {"base_url": url, "timeout": TIMEOUT, "circuit_breaker": {"failure_threshold": 0}}
+    f = Forwarder(parse_config({**raw, **config}))
+    try:
+        return await f.check("user_may_invite", Kind.GATE, INVITE)
+    finally:
+        await f.close()
+
+
+async def answered(script: Sequence[Step], **config: Any) -> Verdict:
+    with RawServer(script, give_up_after=TIMEOUT + 4) as server:
+        return await check(server.url(), **config)
+
+
+def too_large(verdict: Verdict) -> bool:
+    return verdict.outcome is Outcome.FAILED_CLOSED and verdict.failure is Failure.TOO_LARGE
+
+
+# ---- the status line and headers: 64 KiB and 100 lines, each line with its CRLF ------------
+
+
+def header_block(lines: int, size: int, start: bytes = OK) -> bytes:
+    """`start` (a status line, maybe after 1xx answers), header lines, and the blank line that
+    ends them: `lines` lines of `size` bytes in all, every CRLF counted."""
+    fixed = start + b"Content-Length: 2\r\n" + b"\r\n"
+    fillers = lines - fixed.count(b"\r\n")
+    room = size - len(fixed)
+    widths = [room // fillers] * fillers
+    widths[-1] += room % fillers
+    block = [start, b"Content-Length: 2\r\n"]
+    for number, width in enumerate(widths):
+        name = b"X-Fill-%03d: " % number
+        value = width - len(name) - 2
+        assert value >= 0, "too many lines for that size"
+        # Twisted refuses a longer line by itself: that would be another cap.
+        assert len(name) + value + 1 <= HTTPParser.MAX_LENGTH
+        block.append(name + b"v" * value + b"\r\n")
+    block.append(b"\r\n")
+    head = b"".join(block)
+    assert (len(head), head.count(b"\r\n")) == (size, lines)
+    return head
+
+
+@pytest.mark.parametrize("start", [OK, CONTINUE + OK], ids=["plain", "after-100-continue"])
+@pytest_twisted.ensureDeferred
+async def test_headers_of_exactly_64_kib_are_accepted_one_byte_more_is_too_large(
+    start: bytes,
+) -> None:
+    at_cap = header_block(10, MAX_HEADER_BYTES, start)
+    over_cap = header_block(10, MAX_HEADER_BYTES + 1, start)
+    assert (await answered([at_cap + b"{}", CLOSE])).outcome is Outcome.ALLOWED
+    assert too_large(await answered([over_cap + b"{}", CLOSE]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_lines_of_status_and_headers_are_accepted_101_are_too_large() -> None:
+    at_cap = header_block(MAX_HEADER_LINES, 40 * MAX_HEADER_LINES)
+    over_cap = header_block(MAX_HEADER_LINES + 1, 40 * MAX_HEADER_LINES)
+    assert (await answered([at_cap + b"{}", CLOSE])).outcome is Outcome.ALLOWED
+    assert too_large(await answered([over_cap + b"{}", CLOSE]))
+
+
+# ---- the body: read whole up to max_response_bytes, cut one byte past it -------------------
+
+
+def rejection_of_size(size: int) -> bytes:
+    """A Matrix rejection, padded to exactly `size` bytes of JSON."""
+    bare = {"errcode": "M_FORBIDDEN", "error": "no", "pad": ""}
+    pad = size - len(json.dumps(bare).encode())
+    body = json.dumps({**bare, "pad": "p" * pad}).encode()
+    assert len(body) == size
+    return body
+
+
+def chunked(body: bytes, piece: int = 300) -> bytes:
+    chunks = [body[i : i + piece] for i in range(0, len(body), piece)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+UNSIZED: dict[str, Callable[[bytes], list[Step]]] = {
+    "until-close": lambda body: [UNTIL_CLOSE_403 + body, CLOSE],
+    "chunked": lambda body: [CHUNKED_403 + chunked(body), CLOSE],
+}
+
+
+@pytest.mark.parametrize("framing", list(UNSIZED))
+@pytest_twisted.ensureDeferred
+async def test_a_rejection_of_exactly_max_response_bytes_rejects_one_byte_more_is_too_large(
+    framing: str,
+) -> None:
+    script = UNSIZED[framing]
+    at_cap = await answered(script(rejection_of_size(BODY_CAP)), max_response_bytes=BODY_CAP)
+    assert at_cap.outcome is Outcome.REJECTED, at_cap
+    assert at_cap.errcode == "M_FORBIDDEN" and at_cap.message == "no"
+    over = await answered(script(rejection_of_size(BODY_CAP + 1)), max_response_bytes=BODY_CAP)
+    assert too_large(over), over
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_error_page_sent_in_pieces_shows_its_first_words_as_sent() -> None:
+    """The server's words in logs and `check` are the start of its page, byte for byte, even
+    when the page passed the cap and came in several pieces."""
+    pieces = [b"%c" % letter * 70 for letter in b"abcd"]
+    script: list[Step] = [b"HTTP/1.1 500 Oops\r\nContent-Type: text/plain\r\n\r\n"]
+    for piece in pieces:
+        script += [piece, Pause(0.1)]
+    script += [b"e" * (2 * BODY_CAP), CLOSE]
+    verdict = await answered(script, max_response_bytes=BODY_CAP)
+    assert verdict.failure is Failure.HTTP_STATUS, verdict
+    assert verdict.detail == b"".join(pieces)[:200].decode()
+
+
+# ---- a body past the cap: the connection is dropped, not read to its end -------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        [UNTIL_CLOSE_403, endless(b"x" * 8192)],
+        [CHUNKED_403, chunked_forever(b"x" * 8192)],
+    ],
+    ids=["until-close", "chunked"],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_endless_error_body_is_cut_and_the_server_stops_sending(
+    script: list[Step],
+) -> None:
+    would_send = 256 * 1024 * 1024  # read on, the module would take all of it in seconds
+    with RawServer(script, give_up_after=30, max_bytes=would_send) as server:
+        verdict = await check(server.url())
+        assert too_large(verdict), verdict
+        # Until the server's sending has stopped: a dropped connection, or all of it read.
+        seen = -1
+        while server.sent != seen:
+            seen = server.sent
+            await sleep(0.3)
+        # What the socket buffers took before the drop: a few MB, not what was on offer.
+        assert server.sent < would_send // 8, server.sent
+
+
+# ---- TLS: a trusted certificate for another host name --------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trusted_certificate_for_another_host_is_a_tls_failure(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("other.example").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    # A client that took the certificate would be allowed.
+    script: list[Step] = [OK + b"Content-Length: 2\r\n\r\n{}", CLOSE]
+    with RawServer(script, tls=context, give_up_after=TIMEOUT + 4) as server:
+        verdict = await check(server.url("https"), ca_file=str(ca_file))
+    assert verdict.outcome is Outcome.FAILED_CLOSED, verdict
+    assert verdict.failure is Failure.TLS, verdict
