@@ -3,12 +3,14 @@ right place, drop the connection they cut, and a certificate for another host is
 
 Every case talks to `tests.support.raw_server` over a real local connection: the header caps
 (64 KiB and 100 lines for the status line and headers, 1xx answers included), the body cap
-(`max_response_bytes`) and the host-name check are judged at their exact boundaries.
+(`max_response_bytes`), the 2 KiB of a request shown at DEBUG and the host-name check are
+judged at their exact boundaries.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +26,7 @@ from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
-from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES
+from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, encode
 from tests.support.raw_server import CLOSE, Pause, RawServer, Step, chunked_forever, endless
 from tests.support.waiting import sleep
 
@@ -38,12 +40,12 @@ UNTIL_CLOSE_403 = b"HTTP/1.0 403 Forbidden\r\n\r\n"
 CHUNKED_403 = b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-async def check(url: str, **config: Any) -> Verdict:
+async def check(url: str, payload: dict[str, Any] = INVITE, **config: Any) -> Verdict:
     """One user_may_invite (which fails closed) through a fresh Forwarder."""
     raw = {"base_url": url, "timeout": TIMEOUT, "circuit_breaker": {"failure_threshold": 0}}
     f = Forwarder(parse_config({**raw, **config}))
     try:
-        return await f.check("user_may_invite", Kind.GATE, INVITE)
+        return await f.check("user_may_invite", Kind.GATE, payload)
     finally:
         await f.close()
 
@@ -177,6 +179,31 @@ async def test_an_endless_error_body_is_cut_and_the_server_stops_sending(
             await sleep(0.3)
         # What the socket buffers took before the drop: a few MB, not what was on offer.
         assert server.sent < would_send // 8, server.sent
+
+
+# ---- DEBUG: the request as sent, its first 2 KiB --------------------------------------------
+
+DEBUG_BYTES = 2048
+
+
+@pytest_twisted.ensureDeferred
+async def test_debug_shows_the_first_2_kib_of_a_request_a_character_cut_there_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A three-byte character whose first two bytes are the last two shown.
+    room = {**INVITE, "room_id": "!", "reason": ""}
+    before = DEBUG_BYTES - 2 - len(encode(room)) + len(b'"}')
+    payload = {**room, "reason": "r" * before + "\u20ac" + "r" * 100}
+    body = encode(payload)
+    assert body[DEBUG_BYTES - 2 : DEBUG_BYTES + 1] == "\u20ac".encode()
+    shown = body[:DEBUG_BYTES].decode("utf-8", "replace")
+    assert shown.endswith("r\ufffd")
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    with RawServer([OK + b"Content-Length: 2\r\n\r\n{}", CLOSE]) as server:
+        url = server.url()
+        assert (await check(url, payload)).outcome is Outcome.ALLOWED
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert f"[{url}] POST {url}/user_may_invite {shown}" in lines
 
 
 # ---- TLS: a trusted certificate for another host name --------------------------------------
