@@ -20,14 +20,25 @@ import pytest
 import pytest_twisted
 import trustme
 
+from twisted.internet import defer, reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.web._newclient import HTTPParser
 
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
-from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, encode
-from tests.support.raw_server import CLOSE, Pause, RawServer, Step, chunked_forever, endless
+from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Answer, Wire, encode
+from tests.support.antispam_server import AntispamServer, Behaviour
+from tests.support.raw_server import (
+    CLOSE,
+    HOLD,
+    Pause,
+    RawServer,
+    Step,
+    chunked_forever,
+    endless,
+)
 from tests.support.waiting import sleep
 
 TIMEOUT = 3.0
@@ -179,6 +190,136 @@ async def test_an_endless_error_body_is_cut_and_the_server_stops_sending(
             await sleep(0.3)
         # What the socket buffers took before the drop: a few MB, not what was on offer.
         assert server.sent < would_send // 8, server.sent
+
+
+# ---- what the module takes from an answer besides its status ---------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_control_over_two_header_lines_is_read_as_one() -> None:
+    head = b"Cache-Control: private\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n"
+    with RawServer([OK + head + b"\r\n{}", CLOSE]) as server:
+        f = Forwarder(parse_config({"base_url": server.url(), "timeout": TIMEOUT}))
+        try:
+            for _ in range(2):
+                verdict = await f.check("user_may_invite", Kind.GATE, INVITE)
+                assert verdict.outcome is Outcome.ALLOWED
+        finally:
+            await f.close()
+        assert len(server.requests) == 1  # the second answer came from the store
+
+
+def wire(url: str) -> Wire:
+    return Wire(
+        reactor,
+        base_url=url,
+        headers={},
+        max_connections=1,
+        connect_timeout=TIMEOUT,
+        max_response_bytes=BODY_CAP,
+    )
+
+
+async def unneeded_body(w: Wire) -> Answer:
+    """An answer whose body nobody needs: it comes at once, the body still arriving."""
+    answer = await Deferred.fromCoroutine(w.post("x", b"{}", "id", lambda status: False))
+    assert answer.status == 200 and answer.rest is not None
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unneeded_body_broken_off_ends_with_nothing_to_report() -> None:
+    with RawServer([OK + b"Content-Length: 100\r\n\r\n{}", CLOSE]) as server:
+        w = wire(server.url())
+        try:
+            answer = await unneeded_body(w)
+            assert await answer.rest is None
+        finally:
+            await w.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_giving_up_on_an_unneeded_body_is_a_cancellation() -> None:
+    with RawServer([OK + b"Content-Length: 100\r\n\r\n{}", HOLD]) as server:
+        w = wire(server.url())
+        try:
+            answer = await unneeded_body(w)
+            assert answer.rest is not None
+            answer.rest.cancel()
+            with pytest.raises(CancelledError):
+                await answer.rest
+        finally:
+            await w.close()
+
+
+# ---- a pooled connection the server closed: retried once, and only once ---------------------
+
+
+def invite(number: int) -> dict[str, Any]:
+    return {**INVITE, "invitee": f"@b{number}:x"}  # a call of its own, never a reused answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_pooled_connection_is_retried_once_and_says_so_at_debug(
+    antispam: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    antispam.set(None, Behaviour(close_if_reused=True))
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": TIMEOUT}))
+    try:
+        for number in range(2):
+            assert (await f.check("user_may_invite", Kind.GATE, invite(number))).allowed
+    finally:
+        await f.close()
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries == [
+        f"[{antispam.base_url}] Pooled connection to antispam server was closed; retrying once"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_that_meets_another_dead_pooled_connection_is_a_connect_failure(
+    antispam: AntispamServer,
+) -> None:
+    antispam.set(None, Behaviour(close_if_reused=True))
+    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": TIMEOUT}))
+    try:
+        # Two calls at once: two connections, both kept in the pool.
+        first = [
+            defer.ensureDeferred(f.check("user_may_invite", Kind.GATE, invite(n))) for n in (1, 2)
+        ]
+        assert all(v.allowed for v in await defer.gatherResults(first))
+        assert len({r.connection_id for r in antispam.requests}) == 2
+        # The server drops both when they are used again: the call and its one retry.
+        verdict = await f.check("user_may_invite", Kind.GATE, invite(3))
+    finally:
+        await f.close()
+    assert verdict.failure is Failure.CONNECT, verdict
+    assert len(antispam.requests) == 4
+
+
+# ---- the request: compact JSON, byte for byte ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inviter, sent",
+    [
+        # UTF-8 as it is, as 0.5.x sent it: servers may hash or log the exact bytes.
+        ("@\u00e9:x", b'{"inviter":"@\xc3\xa9:x","invitee":"@b:x","via":["v"]}'),
+        # A lone surrogate cannot be UTF-8: the whole body is ASCII, every escape JSON's own.
+        ("@\u00e9\ud800:x", b'{"inviter":"@\\u00e9\\ud800:x","invitee":"@b:x","via":["v"]}'),
+    ],
+    ids=["utf-8", "lone-surrogate"],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_request_body_is_compact_json_byte_for_byte(inviter: str, sent: bytes) -> None:
+    payload = {"inviter": inviter, "invitee": "@b:x", "via": frozenset({"v"})}
+    with RawServer([OK + b"Content-Length: 2\r\n\r\n{}", CLOSE]) as server:
+        assert (await check(server.url(), payload)).outcome is Outcome.ALLOWED
+        [request] = server.requests
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert body == sent
+    assert b"\r\nContent-Length: %d\r\n" % len(sent) in head
 
 
 # ---- DEBUG: the request as sent, its first 2 KiB --------------------------------------------
