@@ -1,5 +1,6 @@
 """The caps on what the antispam server sends back hold to the byte, cut a body at exactly the
-right place, drop the connection they cut, and a certificate for another host is a TLS failure.
+right place, drop the connection they cut, and TLS trouble (a certificate for another host, a
+stream broken mid-answer) is a TLS failure.
 
 Every case talks to `tests.support.raw_server` over a real local connection: the header caps
 (64 KiB and 100 lines for the status line and headers, 1xx answers included), the body cap
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -347,19 +350,52 @@ async def test_debug_shows_the_first_2_kib_of_a_request_a_character_cut_there_re
     assert f"[{url}] POST {url}/user_may_invite {shown}" in lines
 
 
-# ---- TLS: a trusted certificate for another host name --------------------------------------
+# ---- TLS: a certificate for another host name, a stream broken mid-answer ---------------------
+
+
+def tls_for(host: str, tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+    """A server context with a certificate for `host`, and the ca_file that trusts it."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host).configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return context, str(ca_file)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_trusted_certificate_for_another_host_is_a_tls_failure(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("other.example").configure_cert(context)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    context, ca_file = tls_for("other.example", tmp_path)
     # A client that took the certificate would be allowed.
     script: list[Step] = [OK + b"Content-Length: 2\r\n\r\n{}", CLOSE]
     with RawServer(script, tls=context, give_up_after=TIMEOUT + 4) as server:
-        verdict = await check(server.url("https"), ca_file=str(ca_file))
+        verdict = await check(server.url("https"), ca_file=ca_file)
+    assert verdict.outcome is Outcome.FAILED_CLOSED, verdict
+    assert verdict.failure is Failure.TLS, verdict
+
+
+@dataclass(frozen=True)
+class OutsideTls:
+    """Bytes written on the TCP connection under the TLS session: not a TLS record."""
+
+    data: bytes
+
+
+class TlsBreakingServer(RawServer):
+    def _play(self, sock: socket.socket, step: Any, give_up_at: float) -> bool:
+        if isinstance(step, OutsideTls):
+            socket.socket.send(sock, step.data)
+            return False
+        return super()._play(sock, step, give_up_at)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_stream_broken_in_the_middle_of_an_answer_is_a_tls_failure(
+    tmp_path: Path,
+) -> None:
+    context, ca_file = tls_for("127.0.0.1", tmp_path)
+    script = [OK, Pause(0.2), OutsideTls(b"not a TLS record" * 4), HOLD]
+    with TlsBreakingServer(script, tls=context, give_up_after=TIMEOUT + 4) as server:
+        verdict = await check(server.url("https"), ca_file=ca_file)
     assert verdict.outcome is Outcome.FAILED_CLOSED, verdict
     assert verdict.failure is Failure.TLS, verdict
