@@ -31,7 +31,7 @@ from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
-from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Answer, Wire, encode
+from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Wire, encode
 from tests.support.antispam_server import AntispamServer, Behaviour
 from tests.support.raw_server import (
     CLOSE,
@@ -223,11 +223,11 @@ def wire(url: str) -> Wire:
     )
 
 
-async def unneeded_body(w: Wire) -> Answer:
-    """An answer whose body nobody needs: it comes at once, the body still arriving."""
+async def unneeded_body(w: Wire) -> Deferred[Any]:
+    """An answer whose body nobody needs comes at once: its `rest`, the body still arriving."""
     answer = await Deferred.fromCoroutine(w.post("x", b"{}", "id", lambda status: False))
     assert answer.status == 200 and answer.rest is not None
-    return answer
+    return answer.rest
 
 
 @pytest_twisted.ensureDeferred
@@ -235,8 +235,7 @@ async def test_an_unneeded_body_broken_off_ends_with_nothing_to_report() -> None
     with RawServer([OK + b"Content-Length: 100\r\n\r\n{}", CLOSE]) as server:
         w = wire(server.url())
         try:
-            answer = await unneeded_body(w)
-            assert await answer.rest is None
+            assert await (await unneeded_body(w)) is None
         finally:
             await w.close()
 
@@ -246,11 +245,10 @@ async def test_giving_up_on_an_unneeded_body_is_a_cancellation() -> None:
     with RawServer([OK + b"Content-Length: 100\r\n\r\n{}", HOLD]) as server:
         w = wire(server.url())
         try:
-            answer = await unneeded_body(w)
-            assert answer.rest is not None
-            answer.rest.cancel()
+            rest = await unneeded_body(w)
+            rest.cancel()
             with pytest.raises(CancelledError):
-                await answer.rest
+                await rest
         finally:
             await w.close()
 
@@ -394,7 +392,7 @@ async def test_a_tls_stream_broken_in_the_middle_of_an_answer_is_a_tls_failure(
     tmp_path: Path,
 ) -> None:
     context, ca_file = tls_for("127.0.0.1", tmp_path)
-    script = [OK, Pause(0.2), OutsideTls(b"not a TLS record" * 4), HOLD]
+    script: list[Any] = [OK, Pause(0.2), OutsideTls(b"not a TLS record" * 4), HOLD]
     with TlsBreakingServer(script, tls=context, give_up_after=TIMEOUT + 4) as server:
         verdict = await check(server.url("https"), ca_file=ca_file)
     assert verdict.outcome is Outcome.FAILED_CLOSED, verdict
