@@ -212,6 +212,24 @@ async def test_cache_control_over_two_header_lines_is_read_as_one() -> None:
         assert len(server.requests) == 1  # the second answer came from the store
 
 
+@pytest.mark.parametrize(
+    "content_type, detail",
+    [(b"application/json", ""), (b"text/plain", '"the server broke"')],
+    ids=["declared-json", "plain-text"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_server_error_declared_json_never_shows_its_raw_text(
+    content_type: bytes, detail: str
+) -> None:
+    """Only a JSON object's `errcode` and `error` are the server's words: other JSON is not
+    shown raw, which only its Content-Type tells here (it starts like plain text)."""
+    body = b'"the server broke"'
+    head = b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body))
+    verdict = await answered([b"HTTP/1.1 500 Oops\r\n" + head + body, CLOSE])
+    assert verdict.failure is Failure.HTTP_STATUS, verdict
+    assert verdict.detail == detail
+
+
 def wire(url: str) -> Wire:
     return Wire(
         reactor,
