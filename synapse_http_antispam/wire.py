@@ -146,7 +146,8 @@ class _CappedHeadersProtocol(HTTP11ClientProtocol):
 
             def counted(line: bytes) -> Any:
                 if parser.state in (STATUS, HEADER):  # a 1xx answer starts the parser over
-                    self._header_bytes += len(line) + 2
+                    # The line comes with its "\r" (Twisted splits at "\n"): add the "\n".
+                    self._header_bytes += len(line) + 1
                     self._header_lines += 1
                     if (
                         self._header_bytes > MAX_HEADER_BYTES
