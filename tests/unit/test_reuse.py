@@ -181,6 +181,17 @@ def test_an_entry_is_counted_for_its_overhead_and_every_text_it_holds() -> None:
     assert size_of(Shared(ALLOW, 200, "r", 60)) == 512 + len(ALLOW.errcode) + 1
 
 
+def test_each_sharer_gets_its_own_copy_with_its_own_wait() -> None:
+    """A coalesced or stored answer is logged with the time this caller waited (0 ms for a
+    stored one), the request the server saw, and a dict of its own (Synapse may change it)."""
+    one = Shared(rejection({"errcode": "M_X", "error": "no", "k": 1}), 403, "rid-9", 60)
+    mine, yours = one.verdict_for(1.25), one.verdict_for(0.0)
+    assert (mine.seconds, yours.seconds) == (1.25, 0.0)
+    assert (mine.request_id, mine.http_status) == ("rid-9", 403)
+    assert mine.fields == {"k": 1} and mine.fields is not yours.fields
+    assert mine.fields is not one.verdict.fields
+
+
 def test_store_limits_are_inclusive() -> None:
     entry = shared()
     size = size_of(entry)
