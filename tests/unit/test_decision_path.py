@@ -27,12 +27,16 @@ class Recorder(NullObserver):
     def __init__(self) -> None:
         self.decided_: list[tuple[str, Verdict]] = []
         self.dropped: list[str] = []
+        self.reused_: list[tuple[str, str]] = []
 
     def decided(self, callback: str, verdict: Verdict) -> None:
         self.decided_.append((callback, verdict))
 
     def background_dropped(self, callback: str) -> None:
         self.dropped.append(callback)
+
+    def reused(self, callback: str, how: str) -> None:
+        self.reused_.append((callback, how))
 
 
 @pytest.fixture
@@ -103,6 +107,19 @@ async def test_request_ids_count_up_under_one_prefix_per_module(server: Antispam
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failed_call_names_the_request_the_server_saw(server: AntispamServer) -> None:
+    """The WARNING for a failure carries the X-Request-ID, so the server's own log can be
+    searched for the same call."""
+    server.set("user_may_invite", Behaviour(status=503, body=b"down"))
+    f, _ = forwarder(server)
+    verdict = await f.check("user_may_invite", Kind.GATE, {"n": 1})
+    await f.close()
+    [request] = server.requests_for("user_may_invite")
+    assert verdict.failure is Failure.HTTP_STATUS
+    assert verdict.request_id == request.headers["x-request-id"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_request_of_exactly_max_request_bytes_is_sent(server: AntispamServer) -> None:
     f, _ = forwarder(server, max_request_bytes=1024)
     fits = {"x": "a" * (1024 - len(b'{"x":""}'))}  # encodes to exactly 1024 bytes
@@ -133,6 +150,7 @@ async def test_a_fault_inside_the_module_goes_through_the_failure_policy(
     assert (verdict.outcome, verdict.failure) == (outcome, Failure.INTERNAL)
     assert verdict.request_id is not None and verdict.request_id.endswith("-1")
     assert recorder.decided_ == [(name, verdict)]
+    assert recorder.reused_ == []  # made, not reused: nothing to count there
     [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert (
         error.getMessage() == f"[{server.base_url}] Antispam check {name} failed inside the module"

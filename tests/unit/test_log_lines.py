@@ -79,7 +79,7 @@ def test_calls_skipped_by_an_open_breaker_and_plain_answers_are_not_logged(
 def test_a_refusal_not_enforced_says_what_it_would_have_done(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    refused = Verdict(Outcome.REJECTED, "M_LIMIT", "slow down", request_id="r-1", seconds=0.25)
+    refused = Verdict(Outcome.REJECTED, "M_LIMIT", "slow down", request_id="r-1", seconds=2.5)
     report(unenforced(refused), "async")
     banned = Verdict(Outcome.ALLOWED, shadow_ban=True, request_id="r-2", seconds=0.0)
     report(unenforced(banned))
@@ -87,7 +87,7 @@ def test_a_refusal_not_enforced_says_what_it_would_have_done(
         (
             "INFO",
             "[policy] Antispam user_may_invite would reject: M_LIMIT 'slow down' "
-            "(async, not enforced) after 250 ms [X-Request-ID r-1]",
+            "(async, not enforced) after 2500 ms [X-Request-ID r-1]",
         ),
         (
             "INFO",

@@ -562,5 +562,19 @@ async def test_a_debug_line_says_when_an_answer_was_reused(
         first = await username(f)
         await username(f)
     [line] = [r.getMessage() for r in caplog.records if "reused" in r.getMessage()]
-    assert USERNAME in line and "store" in line and str(first.request_id) in line
+    assert line == (
+        f"[{server.base_url}] Antispam {USERNAME}: answer reused from the store "
+        f"(allowed, X-Request-ID {first.request_id}, 60 s left)"
+    )
     assert "@u:x" not in line  # bodies stay out of log lines
+
+
+def test_a_debug_line_says_when_a_call_was_coalesced(caplog: pytest.LogCaptureFixture) -> None:
+    clock, calls = task.Clock(), Calls()
+    reuse = Reuse(clock, log=logging.getLogger("tests.reuse"))
+    with caplog.at_level(logging.DEBUG, logger="tests.reuse"):
+        ask(reuse, calls)
+        ask(reuse, calls)
+    assert [r.getMessage() for r in caplog.records if r.name == "tests.reuse"] == [
+        "Antispam user_may_invite: coalesced with an identical call in flight"
+    ]
