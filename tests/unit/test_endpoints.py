@@ -10,8 +10,10 @@ import logging
 
 import pytest
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from synapse_http_antispam.answers import PingResult
 from synapse_http_antispam.endpoints import Endpoints
 
 URL = "http://antispam.test:8080/api"
@@ -107,3 +109,45 @@ def test_answering_a_callback_never_missing_says_nothing(caplog: pytest.LogCaptu
         endpoints.answered("user_may_invite")
         endpoints.answered("user_may_invite")
     assert records(caplog) == []
+
+
+class Pings:
+    """Stands in for the forwarder's ping: notes the time each one is given, answers as told."""
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.given: list[float] = []
+
+    async def __call__(self, timeout: float) -> PingResult:
+        self.given.append(timeout)
+        return PingResult(self.outcome, "id", 404)
+
+
+def evidence(endpoints: Endpoints, ping: Pings, deadline: float) -> bool | None:
+    d = defer.ensureDeferred(endpoints.server_is_there("user_may_invite", 404, deadline, ping))
+    return d.result if d.called else None
+
+
+def test_the_evidence_ping_gets_what_is_left_of_the_deadline() -> None:
+    clock = Clock()
+    clock.advance(100)
+    ping = Pings("ok")
+    endpoints = Endpoints(clock, URL, log)
+    assert evidence(endpoints, ping, deadline=103) is False  # asked; nothing seen yet
+    assert ping.given == [3]
+
+
+def test_no_evidence_ping_once_the_deadline_has_passed_or_no_server_is_known() -> None:
+    """A ping with no time left would get a full timeout of its own (0 means "the default"),
+    and while no server is known the answer is known too: neither is asked."""
+    clock = Clock()
+    clock.advance(100)
+    ping = Pings("not_implemented")
+    endpoints = Endpoints(clock, URL, log)
+    assert evidence(endpoints, ping, deadline=100) is False
+    assert evidence(endpoints, ping, deadline=99) is False
+    assert ping.given == []
+    assert evidence(endpoints, ping, deadline=105) is False  # asked: no ping endpoint either
+    assert ping.given == [5] and endpoints.no_server_known
+    assert evidence(endpoints, ping, deadline=105) is False  # known now: not asked again
+    assert ping.given == [5]
