@@ -268,7 +268,6 @@ class Wire:
         ca_file: str | None = None,
         log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     ) -> None:
-        self._reactor = reactor
         self._log = log  # the instance's log: its lines start with `[name]`
         self._base_url = base_url
         self._headers = {name: [value] for name, value in headers.items()}

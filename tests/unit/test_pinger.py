@@ -281,3 +281,17 @@ async def test_a_ping_waits_its_turn_unless_it_is_the_breakers_probe(
     finally:
         await d
         await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_startup_ping_names_the_server_it_cannot_reach(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    f = Forwarder(parse_config({"base_url": url, "do_ping": True}))
+    with caplog.at_level(logging.WARNING, logger="synapse_http_antispam"):
+        f.start_ping()
+        await until(lambda: any("Ping to" in r.getMessage() for r in caplog.records))
+    await f.close()
+    [first, *_] = [r.getMessage() for r in caplog.records if "Ping to" in r.getMessage()]
+    assert first == f"[{url}] Ping to antispam server at {url} failed: connect; retrying in 1s"
