@@ -104,6 +104,8 @@ async def test_request_ids_count_up_under_one_prefix_per_module(server: Antispam
     prefix = sent[0].rsplit("-", 1)[0]
     assert re.fullmatch("[0-9a-f]{8}", prefix)
     assert sent == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
+    # Built without a worker's name, the module speaks for the main process.
+    assert {r.headers["x-synapse-instance"] for r in server.requests} == {"master"}
 
 
 @pytest_twisted.ensureDeferred
