@@ -91,38 +91,31 @@ def test_failures_back_off_from_1_s_doubling_to_60_s(caplog: pytest.LogCaptureFi
     assert len(said) == 10
 
 
-def test_no_ping_endpoint_is_said_once_and_never_asked_again(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    clock = Clock()
-    ping = Scripted(clock, PingResult("not_implemented", "id", 404))
-    pinger(clock).start(ping)
-    run(clock, 200)
-    assert len(ping.at) == 1
-    assert lines(caplog) == [
+@pytest.mark.parametrize(
+    "result, warning",
+    [
         (
-            "WARNING",
+            PingResult("not_implemented", "id", 404),
             f"The antispam server at {URL} is reachable but has no ping endpoint (HTTP 404); "
             "not pinging it again (set do_ping: false to skip this)",
-        )
-    ]
-
-
-def test_an_unexpected_answer_counts_as_reachable_and_stops(
-    caplog: pytest.LogCaptureFixture,
+        ),
+        (
+            PingResult("unexpected_answer", "QwErTyUi", 200),
+            f"The antispam server at {URL} answered the ping (request ID QwErTyUi) with HTTP "
+            '200 but not the expected {"id": ..., "status": "ok"}; taking it as reachable',
+        ),
+    ],
+    ids=["no-ping-endpoint", "unexpected-answer"],
+)
+def test_an_answer_that_proves_the_server_is_there_is_said_once_and_stops(
+    caplog: pytest.LogCaptureFixture, result: PingResult, warning: str
 ) -> None:
     clock = Clock()
-    ping = Scripted(clock, PingResult("unexpected_answer", "QwErTyUi", 200))
+    ping = Scripted(clock, result)
     pinger(clock).start(ping)
     run(clock, 200)
     assert len(ping.at) == 1
-    assert lines(caplog) == [
-        (
-            "WARNING",
-            f"The antispam server at {URL} answered the ping (request ID QwErTyUi) with HTTP "
-            '200 but not the expected {"id": ..., "status": "ok"}; taking it as reachable',
-        )
-    ]
+    assert lines(caplog) == [("WARNING", warning)]
 
 
 def test_stop_cancels_the_next_attempt_and_forbids_new_ones() -> None:
