@@ -1,5 +1,5 @@
-"""Fixtures every suite shares: one real antispam test server per test module, reset for each
-test (its scripted behaviours and the requests it recorded)."""
+"""Fixtures every suite shares: real antispam test servers, one per module reset for each test
+(`antispam`) or one a test has to itself (`server`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ settings.load_profile("no-deadline")
 def antispam() -> Iterator[AntispamServer]:
     with AntispamServer() as server:
         yield server
+
+
+@pytest.fixture
+def server() -> Iterator[AntispamServer]:
+    """For a test that stops, hangs or counts on a server no other test has touched."""
+    with AntispamServer() as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)

@@ -14,20 +14,9 @@ from twisted.internet import defer, task
 
 from synapse_http_antispam.config import BreakerConfig
 from synapse_http_antispam.guards import Breaker
-from synapse_http_antispam.metrics import NullObserver
+from tests.support.recorder import Recorder
 
 log = logging.getLogger("synapse_http_antispam.test_breaker_story")
-
-
-class Recorder(NullObserver):
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object, object]] = []
-
-    def breaker_changed(self, is_open: bool, why: str) -> None:
-        self.events.append(("changed", is_open, why))
-
-    def breaker_probed(self, answered: bool) -> None:
-        self.events.append(("probed", answered, None))
 
 
 class Probe:
@@ -91,7 +80,7 @@ def test_an_outage_from_opening_to_closing(caplog: pytest.LogCaptureFixture) -> 
             "calls are forwarded again",
         ),
     ]
-    assert observer.events == [
+    assert observer.breaker == [
         ("changed", True, "timeout"),
         *[("probed", False, None)] * 60,
         ("probed", True, None),
@@ -114,7 +103,7 @@ def test_a_real_answer_closes_it_and_says_so(caplog: pytest.LogCaptureFixture) -
         "Circuit breaker closed: the test server answered again after 0.5s open; calls are "
         "forwarded again",
     )
-    assert observer.events == [("changed", True, "connect"), ("changed", False, "answered")]
+    assert observer.breaker == [("changed", True, "connect"), ("changed", False, "answered")]
 
 
 def test_a_probe_failing_inside_the_module_counts_as_unanswered(
@@ -128,7 +117,7 @@ def test_a_probe_failing_inside_the_module_counts_as_unanswered(
             b.unreachable("connect")
         clock.advance(1)
     assert b.is_open and probe.calls == 1
-    assert observer.events[-1] == ("probed", False, None)
+    assert observer.breaker[-1] == ("probed", False, None)
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.getMessage() == "Circuit breaker probe failed inside the module"
     assert record.exc_info is not None
@@ -147,7 +136,7 @@ def test_stopped_it_probes_no_more_and_reports_no_closing() -> None:
     b.stop()  # the module is shutting down while a probe is in flight
     probe.pending.callback(True)
     assert b.is_open
-    assert ("changed", False, "answered a probe") not in observer.events
+    assert ("changed", False, "answered a probe") not in observer.breaker
 
 
 def test_opened_after_stopping_it_sends_no_probe_and_leaves_no_timer() -> None:

@@ -95,12 +95,6 @@ def statuses(report: Report) -> dict[str, str]:
     return {row.callback: row.status for row in report.rows}
 
 
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
-
-
 def draupnir_like(server: AntispamServer) -> None:
     """Express with four routes: everything else is its default HTML 404."""
     server.set(None, HTML_404)

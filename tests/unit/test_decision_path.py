@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
@@ -14,35 +13,13 @@ import pytest_twisted
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.metrics import NullObserver
-from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+from synapse_http_antispam.verdict import Failure, Outcome
 from tests.support.antispam_server import AntispamServer, Behaviour
+from tests.support.recorder import Recorder
 from tests.support.waiting import until
 
 JOIN = "user_may_join_room"
 REGISTER = "check_registration_for_spam"
-
-
-class Recorder(NullObserver):
-    def __init__(self) -> None:
-        self.decided_: list[tuple[str, Verdict]] = []
-        self.dropped: list[str] = []
-        self.reused_: list[tuple[str, str]] = []
-
-    def decided(self, callback: str, verdict: Verdict) -> None:
-        self.decided_.append((callback, verdict))
-
-    def background_dropped(self, callback: str) -> None:
-        self.dropped.append(callback)
-
-    def reused(self, callback: str, how: str) -> None:
-        self.reused_.append((callback, how))
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 def forwarder(server: AntispamServer, **extra: object) -> tuple[Forwarder, Recorder]:
@@ -82,7 +59,7 @@ async def test_a_background_registration_still_reads_the_shadow_ban(
         assert verdict.outcome is Outcome.BACKGROUND and not verdict.shadow_ban
         await until(lambda: f.background_running == 0)
     await f.close()
-    [(name, recorded)] = recorder.decided_
+    [(name, recorded)] = recorder.decisions
     assert name == REGISTER and recorded.would_shadow_ban and not recorded.shadow_ban
     assert any(
         f"Antispam {REGISTER} would shadow-ban (async, not enforced)" in r.getMessage()
@@ -151,8 +128,8 @@ async def test_a_fault_inside_the_module_goes_through_the_failure_policy(
     await f.close()
     assert (verdict.outcome, verdict.failure) == (outcome, Failure.INTERNAL)
     assert verdict.request_id is not None and verdict.request_id.endswith("-1")
-    assert recorder.decided_ == [(name, verdict)]
-    assert recorder.reused_ == []  # made, not reused: nothing to count there
+    assert recorder.decisions == [(name, verdict)]
+    assert recorder.reuses == []  # made, not reused: nothing to count there
     [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert (
         error.getMessage() == f"[{server.base_url}] Antispam check {name} failed inside the module"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import functools
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -91,12 +90,6 @@ ARGS: dict[str, tuple[Any, ...]] = {
 def installed_api() -> FakeModuleApi:
     """A ModuleApi fake taking exactly the keywords of the installed Synapse."""
     return FakeModuleApi(tuple(real_spam_checker_keywords() or ()))
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 # When each callback keyword arrived in (or left) register_spam_checker_callbacks, from the

@@ -4,9 +4,7 @@ error text, and nothing made up where there was no answer."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 import pytest_twisted
 
 from synapse_http_antispam.catalogue import Kind
@@ -16,12 +14,6 @@ from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port
 
 INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 async def invite(url: str) -> Verdict:

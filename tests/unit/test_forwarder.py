@@ -7,7 +7,7 @@ that can also stall, stream forever, close mid-response or never answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,18 +18,12 @@ from twisted.internet import defer
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.metrics import NullObserver
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, free_port, reject
+from tests.support.recorder import Recorder
 from tests.support.waiting import sleep, until
 
 TOKEN = "very-secret-token-123"
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 def make(url: str, **extra: Any) -> Forwarder:
@@ -433,17 +427,6 @@ async def test_a_deliberate_404_with_an_errcode_still_rejects(
     assert len(server.requests) == 2  # still asked every time
 
 
-class InFlight(NullObserver):
-    """Counts requests in flight to the antispam server, remembering the maximum."""
-
-    def __init__(self) -> None:
-        self.now = self.most = 0
-
-    def in_flight(self, delta: int) -> None:
-        self.now += delta
-        self.most = max(self.most, self.now)
-
-
 @pytest_twisted.ensureDeferred
 async def test_hung_server_bounds_concurrency_and_fails_fast_beyond_the_queue(
     server: AntispamServer,
@@ -456,7 +439,7 @@ async def test_hung_server_bounds_concurrency_and_fails_fast_beyond_the_queue(
         "max_pending": 8,
         "circuit_breaker": {"failure_threshold": 0},
     }
-    observer = InFlight()
+    observer = Recorder()
     f = Forwarder(parse_config(raw), observer=observer)
     try:
         # Different calls: identical ones in flight would share one request (test_reuse.py).
@@ -466,7 +449,7 @@ async def test_hung_server_bounds_concurrency_and_fails_fast_beyond_the_queue(
         assert reasons.count(Failure.OVERLOADED) == 300 - 12
         assert reasons.count(Failure.TIMEOUT) == 12
         # Never more than 4 at once; a waiter may inherit a slot freed by an expired call.
-        assert observer.most == 4 and observer.now == 0
+        assert observer.in_flight_most == 4 and observer.in_flight_now == 0
         assert 4 <= len(server.requests) <= 12
         assert f.limiter.active == 0 and f.limiter.waiting == 0
     finally:

@@ -7,7 +7,6 @@ Each test failed on the code before its fix (noted in its docstring).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,6 @@ PROXY_404 = Behaviour(
     headers={"Content-Type": "text/html"},
 )
 INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 def make(url: str, **extra: Any) -> Forwarder:

@@ -9,7 +9,6 @@ sent empty went unnoticed).
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,12 +23,6 @@ from tests.unit.test_doors import FakeFileWrapper, installed_api, modern_only
 pytest.importorskip("synapse")
 
 REQUEST_INFO = [("Mozilla/5.0", "192.0.2.1"), ("curl/8", "198.51.100.7")]
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 async def body_of(server: AntispamServer, name: str, *args: Any) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import NAMES, Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.metrics import NullObserver
 from synapse_http_antispam.synapse_compat import ConfigError
 from synapse_http_antispam.verdict import (
     ALLOW,
@@ -32,14 +30,9 @@ from synapse_http_antispam.verdict import (
     unenforced,
 )
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
+from tests.support.recorder import Recorder
 
 INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
 
 
 def error_for(raw: Any) -> str:
@@ -112,12 +105,8 @@ def test_unenforced_twin_allows_and_keeps_what_was_asked() -> None:
 # ---- the forwarder: counted once, as the twin ---------------------------------------------
 
 
-class Recorder(NullObserver):
-    def __init__(self) -> None:
-        self.outcomes: list[tuple[str, Outcome, Failure | None]] = []
-
-    def decided(self, callback: str, verdict: Verdict) -> None:
-        self.outcomes.append((callback, verdict.outcome, verdict.failure))
+def outcomes(recorder: Recorder) -> list[tuple[str, Outcome, Failure | None]]:
+    return [(name, v.outcome, v.failure) for name, v in recorder.decisions]
 
 
 def forwarder(url: str, **extra: Any) -> tuple[Forwarder, Recorder]:
@@ -136,7 +125,7 @@ async def test_unenforced_rejection_is_counted_once_as_would_reject(
         verdict = await f.check("user_may_invite", Kind.GATE, INVITE, enforce=False)
     await f.close()
     assert verdict.outcome is Outcome.WOULD_REJECT and verdict.allowed
-    assert recorder.outcomes == [("user_may_invite", Outcome.WOULD_REJECT, None)]
+    assert outcomes(recorder) == [("user_may_invite", Outcome.WOULD_REJECT, None)]
     [line] = [r for r in caplog.records if "would reject" in r.getMessage()]
     text = line.getMessage()
     assert line.levelno == logging.INFO
@@ -156,7 +145,7 @@ async def test_failure_under_report_only_counts_what_the_policy_would_have_done(
     await f.close()
     assert closed.outcome is Outcome.WOULD_FAIL_CLOSED and closed.allowed
     assert opened.outcome is Outcome.FAILED_OPEN
-    assert recorder.outcomes == [
+    assert outcomes(recorder) == [
         ("user_may_invite", Outcome.WOULD_FAIL_CLOSED, Failure.CONNECT),
         ("check_event_for_spam", Outcome.FAILED_OPEN, Failure.CONNECT),
     ]
@@ -169,11 +158,11 @@ async def test_background_rejection_is_would_reject_not_rejected(server: Antispa
     server.set("user_may_invite", reject())
     assert f.background("user_may_invite", Kind.GATE, INVITE).outcome is Outcome.BACKGROUND
     for _ in range(200):
-        if recorder.outcomes:
+        if recorder.decisions:
             break
         await task.deferLater(reactor, 0.02, lambda: None)
     await f.close()
-    assert recorder.outcomes == [("user_may_invite", Outcome.WOULD_REJECT, None)]
+    assert outcomes(recorder) == [("user_may_invite", Outcome.WOULD_REJECT, None)]
 
 
 # ---- the doors ----------------------------------------------------------------------------

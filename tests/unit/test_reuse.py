@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import string
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.metrics import NullObserver
 from synapse_http_antispam.reuse import (
     COALESCED,
     STORED,
@@ -39,6 +38,7 @@ from synapse_http_antispam.verdict import (
     rejection,
 )
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, reject
+from tests.support.recorder import Recorder
 from tests.unit.test_forwarder import sleep, until
 
 CAP = 300.0
@@ -404,27 +404,9 @@ def test_store_off_still_coalesces(off: str) -> None:
 # ---- the forwarder against a real server -------------------------------------------------------
 
 
-class Counting(NullObserver):
-    def __init__(self) -> None:
-        self.reused_calls: list[tuple[str, str]] = []
-        self.decisions: list[str] = []
-
-    def decided(self, callback: str, verdict: Verdict) -> None:
-        self.decisions.append(verdict.outcome.value)
-
-    def reused(self, callback: str, how: str) -> None:
-        self.reused_calls.append((callback, how))
-
-
-@pytest.fixture
-def server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
-
-
 @pytest_twisted.async_yield_fixture
-async def observed(server: AntispamServer) -> AsyncIterator[tuple[Forwarder, Counting]]:
-    observer = Counting()
+async def observed(server: AntispamServer) -> AsyncIterator[tuple[Forwarder, Recorder]]:
+    observer = Recorder()
     f = Forwarder(parse_config({"base_url": server.base_url, "timeout": 2}), observer=observer)
     yield f, observer
     await f.close()
@@ -440,7 +422,7 @@ async def username(f: Forwarder, user: str = "@u:x") -> Verdict:
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_identical_checks_send_one_request(
-    server: AntispamServer, observed: tuple[Forwarder, Counting]
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
 ) -> None:
     f, observer = observed
     server.set(None, Behaviour(status=200, delay=0.3))
@@ -449,13 +431,13 @@ async def test_concurrent_identical_checks_send_one_request(
     assert all(v.outcome is Outcome.ALLOWED for v in verdicts)
     # Each its own copy, naming the one request the server saw.
     assert {v.request_id for v in verdicts} == {server.requests[0].headers["x-request-id"]}
-    assert observer.reused_calls == [(USERNAME, COALESCED)] * 9
-    assert observer.decisions == ["allowed"] * 10
+    assert observer.reuses == [(USERNAME, COALESCED)] * 9
+    assert [v.outcome.value for _, v in observer.decisions] == ["allowed"] * 10
 
 
 @pytest_twisted.ensureDeferred
 async def test_cancelling_one_coalesced_check_leaves_the_others(
-    server: AntispamServer, observed: tuple[Forwarder, Counting]
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
 ) -> None:
     f, _ = observed
     server.set(None, Behaviour(status=200, delay=0.3))
@@ -470,7 +452,7 @@ async def test_cancelling_one_coalesced_check_leaves_the_others(
 
 @pytest_twisted.ensureDeferred
 async def test_max_age_answers_identical_checks_from_the_store(
-    server: AntispamServer, observed: tuple[Forwarder, Counting]
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
 ) -> None:
     f, observer = observed
     server.set(USERNAME, Behaviour(status=200, headers={"Cache-Control": "private, max-age=1"}))
@@ -480,8 +462,9 @@ async def test_max_age_answers_identical_checks_from_the_store(
     assert len(server.requests) == 2  # `again` was answered from the store
     assert again.outcome is Outcome.ALLOWED and again.request_id == first.request_id
     assert other.request_id != first.request_id
-    assert observer.reused_calls == [(USERNAME, STORED)]
-    assert observer.decisions == ["allowed"] * 3  # answered from the store is still a decision
+    assert observer.reuses == [(USERNAME, STORED)]
+    # Answered from the store is still a decision.
+    assert [v.outcome.value for _, v in observer.decisions] == ["allowed"] * 3
     await sleep(1.1)
     await username(f)
     assert len(server.requests) == 3  # expired
@@ -489,7 +472,7 @@ async def test_max_age_answers_identical_checks_from_the_store(
 
 @pytest_twisted.ensureDeferred
 async def test_rejections_with_max_age_are_reused_with_their_fields(
-    server: AntispamServer, observed: tuple[Forwarder, Counting]
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
 ) -> None:
     f, _ = observed
     denial = reject("ORG_X", "Go away", policy="spam")
@@ -516,7 +499,7 @@ async def test_rejections_with_max_age_are_reused_with_their_fields(
 )
 @pytest_twisted.ensureDeferred
 async def test_answers_not_marked_reusable_or_failing_are_asked_every_time(
-    server: AntispamServer, observed: tuple[Forwarder, Counting], behaviour: Behaviour
+    server: AntispamServer, observed: tuple[Forwarder, Recorder], behaviour: Behaviour
 ) -> None:
     f, _ = observed
     server.set(USERNAME, behaviour)
@@ -540,7 +523,7 @@ async def test_reuse_answers_false_turns_the_store_off(server: AntispamServer) -
 
 @pytest_twisted.ensureDeferred
 async def test_background_checks_are_not_stored(
-    server: AntispamServer, observed: tuple[Forwarder, Counting]
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
 ) -> None:
     f, _ = observed
     server.set(None, Behaviour(status=200, headers={"Cache-Control": "max-age=60"}))
@@ -553,7 +536,7 @@ async def test_background_checks_are_not_stored(
 @pytest_twisted.ensureDeferred
 async def test_a_debug_line_says_when_an_answer_was_reused(
     server: AntispamServer,
-    observed: tuple[Forwarder, Counting],
+    observed: tuple[Forwarder, Recorder],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     f, _ = observed

@@ -10,7 +10,7 @@ the `server` label tells the instances apart.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -47,17 +47,11 @@ async def invite(f: Forwarder, **change: str) -> Verdict:
     return await f.check("user_may_invite", Kind.GATE, {**INVITE, **change})
 
 
-@pytest.fixture
-def live_server() -> Iterator[AntispamServer]:
-    with AntispamServer() as s:
-        yield s
-
-
 @pytest_twisted.async_yield_fixture
-async def pair(live_server: AntispamServer) -> AsyncIterator[tuple[Forwarder, Forwarder]]:
+async def pair(server: AntispamServer) -> AsyncIterator[tuple[Forwarder, Forwarder]]:
     """One instance on a live server (named), one on a port nobody listens on (unnamed: its
     label is its base_url)."""
-    live = make(live_server.base_url, name=LIVE, circuit_breaker={"failure_threshold": 3})
+    live = make(server.base_url, name=LIVE, circuit_breaker={"failure_threshold": 3})
     dead = make(
         f"http://127.0.0.1:{free_port()}/dead",
         circuit_breaker={"failure_threshold": 3, "probe_interval": 60},
@@ -69,7 +63,7 @@ async def pair(live_server: AntispamServer) -> AsyncIterator[tuple[Forwarder, Fo
 
 @pytest_twisted.ensureDeferred
 async def test_one_servers_outage_leaves_the_other_alone(
-    live_server: AntispamServer, pair: tuple[Forwarder, Forwarder]
+    server: AntispamServer, pair: tuple[Forwarder, Forwarder]
 ) -> None:
     live, dead = pair
     dead_label = dead.url
@@ -80,7 +74,7 @@ async def test_one_servers_outage_leaves_the_other_alone(
     assert (await invite(dead)).failure is Failure.BREAKER_OPEN
     verdict = await invite(live)
     assert verdict.outcome is Outcome.ALLOWED and verdict.http_status == 200
-    assert len(live_server.requests_for("user_may_invite")) == 4
+    assert len(server.requests_for("user_may_invite")) == 4
 
     breaker = "synapse_http_antispam_circuit_breaker_open"
     assert sample(breaker, server=dead_label) == 1
@@ -104,10 +98,10 @@ async def test_one_servers_outage_leaves_the_other_alone(
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_limiter_is_per_instance(live_server: AntispamServer) -> None:
-    live_server.set("user_may_invite", Behaviour(delay=0.5))
-    busy = make(live_server.base_url, name="unit-several-busy", max_concurrency=1, max_pending=0)
-    other = make(live_server.base_url, name="unit-several-other", max_concurrency=1, max_pending=0)
+async def test_the_limiter_is_per_instance(server: AntispamServer) -> None:
+    server.set("user_may_invite", Behaviour(delay=0.5))
+    busy = make(server.base_url, name="unit-several-busy", max_concurrency=1, max_pending=0)
+    other = make(server.base_url, name="unit-several-other", max_concurrency=1, max_pending=0)
     try:
         first = defer.ensureDeferred(invite(busy))
         await sleep(0.1)
@@ -164,12 +158,12 @@ def test_a_label_per_instance_and_no_more() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_every_log_line_names_its_instance(
-    live_server: AntispamServer, caplog: pytest.LogCaptureFixture
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Down to DEBUG (the request bodies, pooled-connection retries): `[label] ...`."""
     caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
-    live_server.set("user_may_invite", Behaviour(status=500, body={"errcode": "M_UNKNOWN"}))
-    named = make(live_server.base_url, name="unit-several-logs")
+    server.set("user_may_invite", Behaviour(status=500, body={"errcode": "M_UNKNOWN"}))
+    named = make(server.base_url, name="unit-several-logs")
     unnamed = make(f"http://127.0.0.1:{free_port()}/nobody")
     try:
         await invite(named)
