@@ -67,7 +67,8 @@ async def test_a_proxys_404_does_not_silence_a_fail_closed_check(
                 assert verdict.failure is Failure.NO_ANTISPAM_SERVER
                 assert verdict.http_status == 404  # the callback's own answer, in its log line
         [error] = messages(caplog, logging.ERROR)
-        assert "does not reach an antispam server" in error and server.base_url in error
+        # Named in the message itself, not only in the instance prefix every line carries.
+        assert f"base_url {server.base_url} does not reach an antispam server:" in error
         assert "user_may_invite and ping were both answered with HTTP 404" in error
         server.reset_behaviours()
         server.set("user_may_invite", reject("M_FORBIDDEN", "no invites from mallory"))
