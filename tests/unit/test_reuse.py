@@ -561,3 +561,48 @@ def test_a_debug_line_says_when_a_call_was_coalesced(caplog: pytest.LogCaptureFi
     assert [r.getMessage() for r in caplog.records if r.name == "tests.reuse"] == [
         "Antispam user_may_invite: coalesced with an identical call in flight"
     ]
+
+
+# Two rejections of about 40 KB each: two entries fit the default store, not 64 KiB of it.
+LONG_REFUSAL = Behaviour(
+    status=403,
+    body={"errcode": "M_FORBIDDEN", "error": "x" * 40_000},
+    headers={"Cache-Control": "max-age=60"},
+)
+
+
+@pytest.mark.parametrize(
+    ("limits", "asked"),
+    [
+        ({}, 2),  # the third check, @a again, is answered from the store
+        ({"reuse_max_entries": 1}, 3),  # storing @b pushed @a out
+        ({"reuse_max_bytes": 64 * 1024}, 3),  # both do not fit at once
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_configured_store_limits_apply(
+    server: AntispamServer, limits: dict[str, int], asked: int
+) -> None:
+    server.set(USERNAME, LONG_REFUSAL)
+    f = Forwarder(parse_config({"base_url": server.base_url, "timeout": 2, **limits}))
+    try:
+        for user in ("@a:x", "@b:x", "@a:x"):
+            assert (await username(f, user)).outcome is Outcome.REJECTED
+        assert len(server.requests) == asked
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reuse_max_seconds_caps_the_servers_max_age(server: AntispamServer) -> None:
+    server.set(USERNAME, Behaviour(status=200, headers={"Cache-Control": "max-age=60"}))
+    f = Forwarder(parse_config({"base_url": server.base_url, "reuse_max_seconds": 1}))
+    try:
+        await username(f)
+        await username(f)
+        assert len(server.requests) == 1  # stored
+        await sleep(1.1)
+        await username(f)
+        assert len(server.requests) == 2  # kept for 1 s, not the 60 the server allowed
+    finally:
+        await f.close()
