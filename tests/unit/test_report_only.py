@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from twisted.internet import reactor, task
-
 from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import NAMES, Kind
 from synapse_http_antispam.config import parse_config
@@ -31,6 +29,7 @@ from synapse_http_antispam.verdict import (
 )
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
 from tests.support.recorder import Recorder
+from tests.support.waiting import until
 
 INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
 
@@ -157,10 +156,7 @@ async def test_background_rejection_is_would_reject_not_rejected(server: Antispa
     f, recorder = forwarder(server.base_url, **{"async": {"user_may_invite": True}})
     server.set("user_may_invite", reject())
     assert f.background("user_may_invite", Kind.GATE, INVITE).outcome is Outcome.BACKGROUND
-    for _ in range(200):
-        if recorder.decisions:
-            break
-        await task.deferLater(reactor, 0.02, lambda: None)
+    await until(lambda: recorder.decisions)
     await f.close()
     assert outcomes(recorder) == [("user_may_invite", Outcome.WOULD_REJECT, None)]
 

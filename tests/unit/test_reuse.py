@@ -39,7 +39,7 @@ from synapse_http_antispam.verdict import (
 )
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, reject
 from tests.support.recorder import Recorder
-from tests.unit.test_forwarder import sleep, until
+from tests.support.waiting import sleep, until
 
 CAP = 300.0
 
