@@ -17,6 +17,7 @@ import attrs
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.verdict import (
     ALLOW,
+    NO_ENDPOINT_STATUSES,
     NOT_IMPLEMENTED,
     CallFailed,
     Failure,
@@ -28,8 +29,9 @@ from synapse_http_antispam.wire import Answer
 
 # 401 and 407 are the antispam server's own authentication trouble, never the user's fault.
 SERVER_AUTH_STATUSES = frozenset({401, 407})
-# What web frameworks answer for a route they do not have.
-NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
+# Meowlnir 0.6 and older refuse a wrong secret with this 500 (its `botmanagement.go`); 0.7 and
+# newer answer 401 M_UNKNOWN_TOKEN. Either way it is `auth`, so that the credentials alert fires.
+LEGACY_AUTH_ERRORS = frozenset({(500, "Invalid antispam secret")})
 # Ping outcomes that mean no HTTP answer came back.
 NO_ANSWER = frozenset(
     f.value
@@ -40,9 +42,11 @@ DETAIL_CHARS = 200
 
 
 def json_object(content: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None: anything else the server sends (invalid UTF-8,
+    not JSON, nested past the parser's recursion limit) is simply not one."""
     try:
         value = json.loads(content)
-    except ValueError:  # includes invalid UTF-8
+    except (ValueError, RecursionError):  # ValueError includes invalid UTF-8
         return None
     return value if isinstance(value, dict) else None
 
@@ -87,10 +91,23 @@ def no_endpoint(answer: Answer) -> bool:
 
 def from_antispam_server(answer: Answer) -> bool:
     """Whether the answer shows an antispam server (not a proxy's or a framework's page) is
-    behind base_url: a 2xx, or a Matrix-shaped error with an errcode."""
+    behind base_url: a 2xx, or a Matrix-shaped error with an errcode, except on a "no such
+    endpoint" status (404, 405, 501), where only `ping` can tell a refusal from a wrong
+    base_url (`endpoints`)."""
     if 200 <= answer.status < 300:
         return True
+    if answer.status in NO_ENDPOINT_STATUSES:
+        return False
     return answer.complete and _errcode_of(json_object(answer.body)) is not None
+
+
+def refuses_credentials(answer: Answer) -> bool:
+    """A 401 or 407, or an older server's own words for a wrong secret."""
+    if answer.status in SERVER_AUTH_STATUSES:
+        return True
+    obj = json_object(answer.body) if answer.complete and answer.status >= 500 else None
+    error = obj.get("error") if obj is not None else None
+    return isinstance(error, str) and (answer.status, error) in LEGACY_AUTH_ERRORS
 
 
 def classify(kind: Kind, answer: Answer) -> Verdict:
@@ -104,7 +121,7 @@ def classify(kind: Kind, answer: Answer) -> Verdict:
         return ALLOW
     if no_endpoint(answer):
         return NOT_IMPLEMENTED
-    if status in SERVER_AUTH_STATUSES:
+    if refuses_credentials(answer):
         raise CallFailed(Failure.AUTH, status, detail(answer))
     if 400 <= status < 500:
         if not answer.complete:
@@ -125,6 +142,8 @@ class PingResult:
     http_status: int | None = None
     seconds: float = 0.0
     detail: str = ""
+    # The answer came from the antispam server itself (`from_antispam_server`): evidence.
+    antispam_server: bool = False
 
     @property
     def reachable(self) -> bool:
@@ -141,7 +160,7 @@ def ping_outcome(answer: Answer, ping_id: str) -> str:
         return "unexpected_answer"
     if no_endpoint(answer):
         return "not_implemented"
-    if status in SERVER_AUTH_STATUSES:
+    if refuses_credentials(answer):
         return Failure.AUTH.value
     if status >= 500:
         return Failure.HTTP_STATUS.value

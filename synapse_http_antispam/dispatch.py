@@ -17,7 +17,7 @@ from synapse_http_antispam.synapse_compat import (
     synapse_version_string,
     to_synapse,
 )
-from synapse_http_antispam.verdict import ALLOW, Failure, Verdict, failed
+from synapse_http_antispam.verdict import ALLOW, Failure, Verdict
 from synapse_http_antispam.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Dispatcher:
             payload = await spec.payload(args, self._options)
         except Exception:
             self.log.exception("Antispam %s: could not build the request", name)
-            return failed(Failure.INTERNAL, self.config.fails_open(name))
+            return self.forwarder.unsent(name, Failure.INTERNAL)
         if name in self.config.background:
             with outside_log_context():
                 return self.forwarder.background(name, spec.kind, payload)

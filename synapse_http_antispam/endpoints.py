@@ -1,9 +1,17 @@
-"""Which callbacks the antispam server has no endpoint for, believed only on evidence.
+"""Which callbacks the antispam server has no endpoint for, believed only on current evidence.
 
-A framework's 404 means "no such endpoint" only when the antispam server itself is known to be
-behind base_url: its `ping` answered, or some call got a 2xx or a Matrix-shaped error. Without
-that evidence the same 404 may be a reverse proxy while the antispam container restarts, or a
-typo in base_url's path, and allowing unchecked would silently turn every check off.
+A framework's 404 means "no such endpoint" only when the antispam server itself is shown to be
+behind base_url *now*: its `ping`, asked after the 404 came and within the same call's
+deadline, is answered by the server (a 2xx, or a Matrix error with an errcode). What the server
+did earlier proves nothing: the same 404 may be a reverse proxy while the antispam container
+restarts, or a typo in base_url's path, and allowing unchecked would silently turn every check
+off. A 404 that carries an errcode (Meowlnir's unknown management room) is a rejection only
+when `ping` on the same base_url works; when `ping` is refused the same way, base_url is wrong.
+
+The one memory kept is the server's own word: a callback it has no endpoint for is not sent
+for `RECHECK` seconds. That memory is dropped as soon as the server is seen to go away (no
+answer, or base_url no longer reaching it), so that a restarted or upgraded server is asked
+again once it answers.
 """
 
 from __future__ import annotations
@@ -14,8 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
+from synapse_http_antispam.verdict import NO_ENDPOINT_STATUSES
+
 if TYPE_CHECKING:
     from synapse_http_antispam.answers import PingResult
+
+Ping = Callable[[float], Awaitable["PingResult"]]
 
 
 class Endpoints:
@@ -35,10 +47,12 @@ class Endpoints:
         # callback -> time until which it is not sent (the server has no endpoint for it).
         self._unimplemented: dict[str, float] = {}
         self._warned: set[str] = set()
-        # Callbacks the server has answered (allow or reject) at least once in this process.
+        # Callbacks the server has answered (allow or reject) since it was last seen to go.
         self._served: set[str] = set()
-        self.server_seen = False
         self._no_server_until = 0.0
+        # The server was last seen going away (no answer, or base_url not reaching it): the
+        # next answer of its own is a recovery, logged once.
+        self._gone = False
         self._no_server_logged = False
 
     def known_unimplemented(self, name: str) -> bool:
@@ -48,44 +62,64 @@ class Endpoints:
 
     def saw_server(self) -> None:
         """An answer only the antispam server gives came back (a 2xx, a Matrix error)."""
-        self.server_seen = True
         self._no_server_until = 0.0
+        self._no_server_logged = False  # the next outage is news again
+        if self._gone:
+            self._gone = False
+            self._log.info("The antispam server at %s answers again", self._url)
+
+    def lost(self) -> None:
+        """The server was not reached, or base_url no longer reaches it: what it said about
+        its endpoints is forgotten, and the next outage's lines are logged again."""
+        self._gone = True
+        self._unimplemented.clear()
+        self._served.clear()
+        self._warned.clear()
 
     @property
     def no_server_known(self) -> bool:
         """Whether base_url was just shown to reach something else than the antispam server."""
         return self._clock.seconds() < self._no_server_until
 
-    async def server_is_there(
-        self,
-        name: str,
-        status: int,
-        deadline: float,
-        ping: Callable[[float], Awaitable[PingResult]],
-    ) -> bool:
-        """Evidence for `name`'s "no such endpoint": asked of `ping` at once, by `deadline`."""
-        if self.server_seen:
-            return True
+    async def server_is_there(self, name: str, status: int, deadline: float, ping: Ping) -> bool:
+        """Evidence for `name`'s framework "no such endpoint": `ping`, asked now, by
+        `deadline`, is answered by the antispam server itself."""
+        result = await self._ping(name, status, deadline, ping)
+        return result is not None and result.antispam_server
+
+    async def ping_works(self, name: str, status: int, deadline: float, ping: Ping) -> bool:
+        """Evidence for `name`'s deliberate 404 (with an errcode): `ping` on the same base_url,
+        asked now, by `deadline`, is answered with a 2xx. A 404 to `ping` too means base_url is
+        wrong (Meowlnir's unknown management room), not that the user is refused."""
+        result = await self._ping(name, status, deadline, ping)
+        return result is not None and result.outcome in ("ok", "unexpected_answer")
+
+    async def _ping(
+        self, name: str, status: int, deadline: float, ping: Ping
+    ) -> PingResult | None:
         remaining = deadline - self._clock.seconds()
         if self.no_server_known or remaining <= 0:
-            return False
-        if (await ping(remaining)).outcome == "not_implemented":
-            self.no_server(name, status)
-        return self.server_seen
+            return None
+        result = await ping(remaining)
+        if result.http_status in NO_ENDPOINT_STATUSES:
+            self.no_server(name, status, result.detail)
+        return result
 
-    def no_server(self, name: str, status: int | None) -> None:
-        """Neither `name` nor `ping` has an endpoint behind base_url."""
+    def no_server(self, name: str, status: int | None, detail: str = "") -> None:
+        """Neither `name` nor `ping` gets an answer of the antispam server behind base_url."""
         self._no_server_until = self._clock.seconds() + self.NO_SERVER_RECHECK
+        self.lost()
         if self._no_server_logged:
             return
         self._no_server_logged = True
+        how = f"HTTP {status} ({detail})" if detail else f"HTTP {status} (no such endpoint)"
         self._log.error(
             "base_url %s does not reach an antispam server: %s and ping were both answered "
-            "with HTTP %s (no such endpoint). Check base_url's host, port and path. Until the "
-            "antispam server answers, calls fail under their failure policy.",
+            "with %s. Check base_url's host, port and path. Until the antispam server "
+            "answers, calls fail under their failure policy.",
             self._url,
             name,
-            status,
+            how,
         )
 
     def answered(self, name: str) -> None:
@@ -95,7 +129,7 @@ class Endpoints:
             self._log.info("The antispam server at %s now answers %s", self._url, name)
 
     def unimplemented(self, name: str, status: int) -> None:
-        """The antispam server (known to be there) has no endpoint for `name`."""
+        """The antispam server (shown to be there, just now) has no endpoint for `name`."""
         # An endpoint that has answered before and now says "no such route" is a glitch (a
         # proxy in between, a restart), not a server without it: allow, but keep asking.
         glitch = name in self._served

@@ -31,6 +31,7 @@ from synapse_http_antispam.reuse import Reuse, Shared
 from synapse_http_antispam.sending import Sender
 from synapse_http_antispam.verdict import (
     BACKGROUND,
+    NO_ENDPOINT_STATUSES,
     NOT_IMPLEMENTED,
     CallFailed,
     Failure,
@@ -97,7 +98,9 @@ class Forwarder:
             log=instance_log("synapse_http_antispam.guards", config.label),
         )
         self.endpoints = Endpoints(reactor, self.url, self.log)
-        self._sender = Sender(reactor, self._wire, self.limiter, self.breaker, self._observer)
+        self._sender = Sender(
+            reactor, self._wire, self.limiter, self.breaker, self._observer, self.endpoints.lost
+        )
         self.background_running = 0
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
@@ -116,6 +119,16 @@ class Forwarder:
         """The verdict for a call not sent because the server has no endpoint for it."""
         self._observer.decided(name, NOT_IMPLEMENTED)
         return NOT_IMPLEMENTED
+
+    def unsent(self, name: str, failure: Failure) -> Verdict:
+        """The verdict for a call whose request could not be built: counted like any other,
+        under the callback's failure policy, and never a refusal where nothing is enforced
+        (`async`, `report_only`)."""
+        verdict = failed(failure, self._config.fails_open(name))
+        if not self._config.enforces(name):
+            verdict = unenforced(verdict)
+        self._observer.decided(name, verdict)
+        return verdict
 
     # ---- the decision path --------------------------------------------------------------
 
@@ -189,12 +202,18 @@ class Forwarder:
         verdict = answers.classify(kind, answer)  # raises for an unusable answer
         if answers.from_antispam_server(answer):
             self.endpoints.saw_server()
-        if verdict.outcome is not Outcome.NOT_IMPLEMENTED:
-            self.endpoints.answered(name)
-        elif await self.endpoints.server_is_there(name, answer.status, deadline, self._ping):
+        # Whatever would let the action through, or refuse it, on a "no such endpoint" status
+        # rests on a ping asked now: a proxy's 404 or a wrong base_url is not a verdict.
+        if verdict.outcome is Outcome.NOT_IMPLEMENTED:
+            if not await self.endpoints.server_is_there(name, answer.status, deadline, self._ping):
+                raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
             self.endpoints.unimplemented(name, answer.status)
+        elif answer.status in NO_ENDPOINT_STATUSES and not await self.endpoints.ping_works(
+            name, answer.status, deadline, self._ping
+        ):
+            raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status, answers.detail(answer))
         else:
-            raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
+            self.endpoints.answered(name)
         return verdict, answer.status, self.reuse.max_age(answer.cache_control)
 
     # ---- background (`async:`) callbacks --------------------------------------------------
@@ -202,6 +221,8 @@ class Forwarder:
     def background(self, name: str, kind: Kind, payload: Mapping[str, Any]) -> Verdict:
         """Allow at once and check in the background, within the max_background bound."""
         if self.background_running >= self._config.max_background or self._closed:
+            # Allowed and never checked: the one decision `background` counts.
+            self._observer.decided(name, BACKGROUND)
             self._observer.background_dropped(name)
             self.log.debug(
                 "Background antispam %s dropped: %d running", name, self.background_running

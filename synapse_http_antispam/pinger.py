@@ -51,13 +51,15 @@ class Pinger:
         start = self._reactor.seconds()
         status: int | None = None
         detail = ""
+        evidence = False
         try:
             answer = await self._sender.send(
                 "ping", encode({"id": ping_id}), ping_id, None, start + timeout, limit=limit
             )
             status, outcome = answer.status, answers.ping_outcome(answer, ping_id)
             detail = answers.detail(answer) if outcome != "ok" else ""
-            if answers.from_antispam_server(answer):
+            evidence = answers.from_antispam_server(answer)
+            if evidence:
                 self._endpoints.saw_server()
         except CallFailed as e:
             status, outcome = e.status, e.failure.value
@@ -66,7 +68,8 @@ class Pinger:
         except Exception:  # a bug here: callers loop on the ping, so it must return
             self._log.exception("Ping to the antispam server failed inside the module")
             outcome = Failure.INTERNAL.value
-        return PingResult(outcome, ping_id, status, self._reactor.seconds() - start, detail)
+        seconds = self._reactor.seconds() - start
+        return PingResult(outcome, ping_id, status, seconds, detail, evidence)
 
     # ---- at startup ---------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ Pure logic over an injected clock (anything with `seconds()`), so that it can be
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Callable, Protocol, Union
@@ -127,12 +127,30 @@ class Shared:
         )
 
 
+def deep_size(value: object) -> int:
+    """The memory Python holds for a parsed JSON value, every container and string in it
+    counted (the JSON text can be 20 times smaller: `[[[]]]` is 6 bytes, three lists). Walked
+    without recursion, so that nesting cannot exhaust the stack."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += sys.getsizeof(item)
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
 def size_of(shared: Shared) -> int:
-    """The bytes one stored entry is counted for: a fixed overhead plus its variable parts."""
+    """The bytes one stored entry is counted for: a fixed overhead plus the real size of its
+    variable parts (the server's extra fields, its texts)."""
     v = shared.verdict
-    fields = len(json.dumps(v.fields, default=str)) if v.fields else 0
-    text = len(v.errcode) + len(v.message or "") + len(v.detail) + len(shared.request_id)
-    return ENTRY_OVERHEAD + fields + text
+    fields = deep_size(v.fields) if v.fields else 0
+    texts = (v.errcode, v.message or "", v.detail, shared.request_id)
+    return ENTRY_OVERHEAD + fields + sum(sys.getsizeof(t) for t in texts)
 
 
 @attrs.define
@@ -274,7 +292,10 @@ class Reuse:
 
     def _wait(self, flight: _Flight) -> Deferred[Shared]:
         def give_up(waiter: Deferred[Shared]) -> None:
-            flight.waiters.remove(waiter)
+            # A waiter may give up while the answer is being handed out (`_landed` has taken
+            # the list already): then there is nothing to take it out of, nor to cancel.
+            if waiter in flight.waiters:
+                flight.waiters.remove(waiter)
             if not flight.waiters and flight.call is not None and not flight.call.called:
                 flight.call.cancel()  # nobody is left waiting for it
 
@@ -299,6 +320,8 @@ class Reuse:
                 self._log.exception("Antispam answer could not be stored for reuse")
         waiters, flight.waiters = flight.waiters, []
         for waiter in waiters:
+            if waiter.called:  # gave up while an earlier waiter was being answered
+                continue
             if isinstance(result, Shared):
                 waiter.callback(result)
             else:

@@ -9,7 +9,7 @@ the module's own queue or an answer it did not like.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 
@@ -23,13 +23,21 @@ from synapse_http_antispam.wire import Answer, Wire
 
 class Sender:
     def __init__(
-        self, reactor: Any, wire: Wire, limiter: Limiter, breaker: Breaker, observer: Observer
+        self,
+        reactor: Any,
+        wire: Wire,
+        limiter: Limiter,
+        breaker: Breaker,
+        observer: Observer,
+        lost: Callable[[], None] = lambda: None,
     ) -> None:
         self._reactor = reactor
         self._wire = wire
         self._limiter = limiter
         self._breaker = breaker
         self._observer = observer
+        # Told when the server could not be reached at all (it may come back another version).
+        self._lost = lost
 
     async def send(
         self,
@@ -49,7 +57,6 @@ class Sender:
         the server's silence, so the breaker does not count it.
         """
         holding = [not limit]
-        answered: list[Answer] = []
 
         def post() -> Coroutine[Any, Any, Answer]:
             needed = lambda status: answers.body_needed(kind, status)  # noqa: E731
@@ -57,9 +64,11 @@ class Sender:
 
         async def settled() -> Answer:
             answer = await post()
-            answered.append(answer)
             if answer.rest is not None:
-                await answer.rest  # the unneeded rest of the body: the connection stays usable
+                # The unneeded rest of the body, read away by the deadline: an answer is only
+                # one once it has ended (a 2xx whose body stalls is a timeout, not an allow),
+                # and the connection stays usable.
+                await answer.rest
             return answer
 
         async def exchange() -> Answer:
@@ -77,16 +86,14 @@ class Sender:
         try:
             answer = await self._with_deadline(exchange(), deadline - self._reactor.seconds())
         except CallFailed as e:
-            if e.failure is Failure.TIMEOUT and answered:
-                # The answer had come; only a body nobody needed was still arriving.
-                self._breaker.reachable()
-                return answered[0]
             if e.failure is Failure.TIMEOUT and not holding[0]:
                 raise CallFailed(Failure.OVERLOADED) from None
             # Only a missing HTTP answer says something about the server itself; a full queue
             # or an oversized body does not.
             if e.failure in (Failure.CONNECT, Failure.TLS, Failure.TIMEOUT):
                 self._breaker.unreachable(e.failure.value)
+                if e.failure is not Failure.TIMEOUT:
+                    self._lost()
             elif e.failure is not Failure.OVERLOADED:
                 self._breaker.reachable()
             raise

@@ -14,7 +14,8 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"  # the antispam server said no
     FAILED_OPEN = "failed_open"  # the server failed; policy let the action through
     FAILED_CLOSED = "failed_closed"  # the server failed; policy rejected with M_UNKNOWN
-    BACKGROUND = "background"  # an `async` callback: allowed at once, checked in background
+    # An `async` callback allowed and never checked: `max_background` checks were running.
+    BACKGROUND = "background"
     # The antispam server has no endpoint for this callback (a framework's 404, 405 or 501):
     # nothing to enforce, so the action goes through whatever the failure policy says.
     NOT_IMPLEMENTED = "not_implemented"
@@ -23,6 +24,10 @@ class Outcome(enum.Enum):
     # failure whose policy lets the action through stays FAILED_OPEN, which is what happened.
     WOULD_REJECT = "would_reject"
     WOULD_FAIL_CLOSED = "would_fail_closed"
+
+
+# What web frameworks answer for a route they do not have (and what a wrong base_url gets).
+NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 
 
 class Failure(enum.Enum):

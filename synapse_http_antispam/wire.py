@@ -238,6 +238,21 @@ class _CappedBody(TwistedProtocol):
             self.finished.errback(CallFailed(Failure.CONNECT))
 
 
+class _Discard(TwistedProtocol):
+    """Drops the connection of an answer nobody will read."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+def _header(response: IResponse, name: bytes) -> str:
+    """Every line of one header, joined with ", ", as Latin-1: the server's bytes are
+    untrusted, and a value that is not UTF-8 must not raise (Twisted decodes str names' values
+    as UTF-8)."""
+    lines = response.headers.getRawHeaders(name) or []
+    return ", ".join(line.decode("latin-1") for line in lines)
+
+
 def _read_body(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
     declared = None if response.length is UNKNOWN_LENGTH else int(response.length)
     reader = _CappedBody(limit, declared)
@@ -294,11 +309,15 @@ class Wire:
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("POST %s %s", url, body[:2048].decode("utf-8", "replace"))
         response = await self._request(url, body, headers)
-        content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
-        if isinstance(content_type, bytes):  # pragma: no cover - treq gives str for str names
-            content_type = content_type.decode("latin-1")
-        cache_control = ", ".join(response.headers.getRawHeaders("cache-control") or [])
-        if not body_needed(response.code):
+        try:
+            content_type = _header(response, b"content-type")
+            cache_control = _header(response, b"cache-control")
+            needed = body_needed(response.code)
+        except Exception:  # a bug here must not leave the connection open and unread
+            response.deliverBody(_Discard())
+            self._log.exception("Antispam answer to %s could not be read", name)
+            raise CallFailed(Failure.INTERNAL) from None
+        if not needed:
             rest = _read_body(response, self._max_response_bytes)
             rest.addErrback(lambda failure: failure.trap(CallFailed) and None)
             return Answer(
@@ -337,6 +356,10 @@ class Wire:
                 raise
             except Exception as e:
                 reasons = getattr(e, "reasons", None) or [TwistedFailure(e)]
+                if any(reason.check(CancelledError) for reason in reasons):
+                    # Given up after part of the headers came (ResponseFailed): the caller's
+                    # cancellation, not the server's fault.
+                    raise CancelledError() from None
                 failure = Failure.TLS if _tls_trouble(reasons) else Failure.CONNECT
                 raise CallFailed(failure) from None
         raise AssertionError("unreachable")  # pragma: no cover

@@ -14,6 +14,7 @@ from synapse_http_antispam.answers import (
     classify,
     detail,
     from_antispam_server,
+    json_object,
     no_endpoint,
     ping_outcome,
 )
@@ -99,11 +100,44 @@ def test_no_endpoint(answer: Answer, expected: bool) -> None:
 
 
 def test_only_an_errcode_string_shows_the_antispam_server() -> None:
+    """...and on a "no such endpoint" status not even that: Meowlnir's 404 M_NOT_FOUND for a
+    wrong management room says base_url is wrong, so only `ping` can tell."""
     assert from_antispam_server(Answer(204))
-    assert from_antispam_server(Answer(404, b'{"errcode": "M_NOT_FOUND"}'))
-    assert not from_antispam_server(Answer(404, b'{"errcode": 404}'))
-    assert not from_antispam_server(Answer(404, b'{"errcode": "M_NOT_FOUND"}', False))
+    assert from_antispam_server(Answer(403, b'{"errcode": "M_NOT_FOUND"}'))
+    assert not from_antispam_server(Answer(403, b'{"errcode": 404}'))
+    assert not from_antispam_server(Answer(403, b'{"errcode": "M_FORBIDDEN"}', False))
     assert not from_antispam_server(Answer(502, b"Bad Gateway"))
+    for status in (404, 405, 501):
+        assert not from_antispam_server(Answer(status, b'{"errcode": "M_NOT_FOUND"}'))
+
+
+def test_json_nested_past_the_parsers_limit_is_a_bad_response_not_an_error() -> None:
+    """30,000 `[` in a 403: json.loads raises RecursionError, which must not escape."""
+    deep = b"[" * 30_000 + b"]" * 30_000
+    assert json_object(deep) is None
+    assert failure_of(Kind.GATE, Answer(403, deep))[0] is Failure.BAD_RESPONSE
+    assert failure_of(Kind.GATE, Answer(403, b"[" * 30_000))[0] is Failure.BAD_RESPONSE
+
+
+@pytest.mark.parametrize(
+    "answer, refused",
+    [
+        (Answer(500, b'{"errcode":"M_UNKNOWN","error":"Invalid antispam secret"}'), True),
+        (Answer(500, b'{"errcode":"M_UNKNOWN","error":"Invalid antispam secret"}', False), False),
+        (Answer(500, b'{"errcode":"M_UNKNOWN","error":"Something else"}'), False),
+        (Answer(500, b'{"errcode":"M_UNKNOWN","error":["Invalid antispam secret"]}'), False),
+        (Answer(403, b'{"errcode":"M_FORBIDDEN","error":"Invalid antispam secret"}'), False),
+    ],
+    ids=["meowlnir-0.6", "cut", "other-500", "unhashable-error", "a-403-rejection"],
+)
+def test_meowlnir_before_0_7_refusing_the_secret_is_auth(answer: Answer, refused: bool) -> None:
+    """Meowlnir 0.6 and older answer a wrong secret with this 500: the README and the
+    credentials alert call it `auth`, and so does the module."""
+    if refused:
+        assert failure_of(Kind.GATE, answer)[0] is Failure.AUTH
+        assert ping_outcome(answer, "p1") == Failure.AUTH.value
+    elif answer.status >= 500:
+        assert failure_of(Kind.GATE, answer)[0] is Failure.HTTP_STATUS
 
 
 def failure_of(kind: Kind, answer: Answer) -> tuple[Failure, int | None, str]:

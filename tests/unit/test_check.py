@@ -560,8 +560,8 @@ async def test_meowlnir_with_a_wrong_secret(
     assert report.exit_code == EXIT_SERVER
     row = {r.callback: r for r in report.rows}["user_may_invite"]
     if legacy_auth:  # v0.6.0 and older: 500 M_UNKNOWN "Invalid antispam secret"
-        # The module counts it as a server error; check names it for what it says.
-        assert (row.failure, row.http_status) == ("http_status", 500)
+        # The module counts it as `auth`, as the README says (the credentials alert fires).
+        assert (row.failure, row.http_status) == ("auth", 500)
         assert row.cause == "credentials"
         assert "Invalid antispam secret" in row.detail
         assert row.answer == "FAILED: credentials refused (HTTP 500)"

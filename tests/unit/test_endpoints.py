@@ -49,11 +49,35 @@ def test_no_server_is_believed_for_ten_seconds_and_logged_once(
     ]
 
 
-def test_the_server_showing_up_ends_no_server_at_once() -> None:
+def test_the_server_showing_up_ends_no_server_at_once_and_the_next_outage_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     endpoints = Endpoints(Clock(), URL, log)
-    endpoints.no_server("user_may_invite", 404)
-    endpoints.saw_server()
-    assert endpoints.server_seen and not endpoints.no_server_known
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.no_server("user_may_invite", 404)
+        endpoints.saw_server()
+        assert not endpoints.no_server_known
+        endpoints.no_server("user_may_invite", 404)  # the next outage
+    assert [level for level, _ in records(caplog)] == [logging.ERROR, logging.INFO, logging.ERROR]
+    assert records(caplog)[1] == (logging.INFO, f"The antispam server at {URL} answers again")
+
+
+def test_the_server_going_away_forgets_its_missing_endpoints_and_glitches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What the server said about its endpoints is its word only while it is there: once it
+    cannot be reached (a restart, maybe an upgrade), each callback is asked again, and each
+    warning is news again."""
+    endpoints = Endpoints(Clock(), URL, log)
+    endpoints.answered("user_may_invite")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        endpoints.unimplemented("user_may_publish_room", 404)
+        endpoints.lost()
+        assert not endpoints.known_unimplemented("user_may_publish_room")
+        endpoints.unimplemented("user_may_invite", 404)  # not a glitch any more: a new server
+        endpoints.unimplemented("user_may_publish_room", 404)
+        assert endpoints.known_unimplemented("user_may_invite")
+    assert [level for level, _ in records(caplog)] == [logging.WARNING] * 3
 
 
 def test_an_unimplemented_callback_is_skipped_for_ten_minutes_with_one_warning(
@@ -114,13 +138,15 @@ def test_answering_a_callback_never_missing_says_nothing(caplog: pytest.LogCaptu
 class Pings:
     """Stands in for the forwarder's ping: notes the time each one is given, answers as told."""
 
-    def __init__(self, outcome: str) -> None:
+    def __init__(self, outcome: str, status: int | None = 404) -> None:
         self.outcome = outcome
+        self.status = status
         self.given: list[float] = []
 
     async def __call__(self, timeout: float) -> PingResult:
         self.given.append(timeout)
-        return PingResult(self.outcome, "id", 404)
+        there = self.outcome in ("ok", "unexpected_answer", "auth")
+        return PingResult(self.outcome, "id", self.status, antispam_server=there)
 
 
 def evidence(endpoints: Endpoints, ping: Pings, deadline: float) -> bool | None:
@@ -131,10 +157,44 @@ def evidence(endpoints: Endpoints, ping: Pings, deadline: float) -> bool | None:
 def test_the_evidence_ping_gets_what_is_left_of_the_deadline() -> None:
     clock = Clock()
     clock.advance(100)
-    ping = Pings("ok")
+    ping = Pings("ok", 200)
     endpoints = Endpoints(clock, URL, log)
-    assert evidence(endpoints, ping, deadline=103) is False  # asked; nothing seen yet
+    assert evidence(endpoints, ping, deadline=103) is True
     assert ping.given == [3]
+
+
+def test_evidence_is_asked_every_time_never_remembered() -> None:
+    """A ping answered a moment ago proves nothing about the 404 that came now: a proxy may
+    have started answering for a restarting server in between."""
+    clock = Clock()
+    endpoints = Endpoints(clock, URL, log)
+    ping = Pings("ok", 200)
+    assert evidence(endpoints, ping, deadline=5) is True
+    endpoints.saw_server()
+    ping.outcome, ping.status = "not_implemented", 404
+    assert evidence(endpoints, ping, deadline=5) is False
+    assert len(ping.given) == 2
+
+
+@pytest.mark.parametrize(
+    "outcome, status, works",
+    [
+        ("ok", 200, True),
+        ("unexpected_answer", 200, True),
+        ("auth", 401, False),
+        ("bad_response", 404, False),
+        ("not_implemented", 404, False),
+        ("timeout", None, False),
+    ],
+)
+def test_a_404_with_an_errcode_is_believed_only_when_ping_works(
+    outcome: str, status: int | None, works: bool
+) -> None:
+    endpoints = Endpoints(Clock(), URL, log)
+    ping = Pings(outcome, status)
+    d = defer.ensureDeferred(endpoints.ping_works("user_may_invite", 404, 5.0, ping))
+    assert d.result is works
+    assert endpoints.no_server_known is (status == 404)
 
 
 def test_no_evidence_ping_once_the_deadline_has_passed_or_no_server_is_known() -> None:

@@ -125,6 +125,7 @@ async def test_4xx_without_errcode_defaults_to_forbidden(
         (Behaviour(status=403, body=[1]), Failure.BAD_RESPONSE),
         (Behaviour(never_respond=True), Failure.TIMEOUT),
         (Behaviour(status=403, stall_body=True, body={"x": 1}), Failure.TIMEOUT),
+        (Behaviour(stall_body=True, body={"x": 1}), Failure.TIMEOUT),
         (Behaviour(status=403, endless_body=True), Failure.TOO_LARGE),
         (Behaviour(status=403, body=b"x" * 10_000_000), Failure.TOO_LARGE),
         (Behaviour(close_before_response=True), Failure.CONNECT),
@@ -143,6 +144,7 @@ async def test_4xx_without_errcode_defaults_to_forbidden(
         "403-json-list",
         "never-answers",
         "headers-then-stall",
+        "2xx-headers-then-stall",
         "endless-body",
         "10MB-body",
         "closed-before-response",
@@ -188,18 +190,19 @@ async def test_connection_refused() -> None:
 @pytest.mark.parametrize(
     "behaviour",
     [
-        Behaviour(stall_body=True, body={"x": 1}),
         Behaviour(endless_body=True),
         Behaviour(body=b"x" * 10_000_000),
         Behaviour(close_mid_body=True, body={"pad": "x" * 1000}),
     ],
-    ids=["headers-then-stall", "endless-body", "10MB-body", "closed-mid-body"],
+    ids=["endless-body", "10MB-body", "closed-mid-body"],
 )
 @pytest_twisted.ensureDeferred
 async def test_any_2xx_allows_whatever_its_body_does(
     server: AntispamServer, fwd: Forwarder, behaviour: Behaviour
 ) -> None:
-    """The README's rule: a 2xx allows. A body nobody needs cannot turn it into a failure."""
+    """The README's rule: a 2xx allows. A body nobody needs cannot turn it into a failure,
+    once it has ended (cut at the cap, or broken off); one that stalls past the deadline is a
+    timeout (see test_server_failures_go_through_the_failure_policy)."""
     server.set(None, behaviour)
     verdict = await check(fwd)
     assert (verdict.outcome, verdict.failure) == (Outcome.ALLOWED, None)
@@ -397,13 +400,20 @@ async def test_no_endpoint_is_asked_again_later_so_an_upgrade_is_picked_up(
 async def test_no_endpoint_from_an_endpoint_that_answered_before_is_a_glitch(
     server: AntispamServer, fwd: Forwarder
 ) -> None:
-    """A flaky proxy's 404 must not silence a callback the server really has for minutes."""
+    """A flaky proxy's 404 must not silence a callback the server really has for minutes:
+    with the server's ping answering just then, the call goes through, but it is asked again
+    the next time."""
     assert (await check(fwd)).outcome is Outcome.ALLOWED
     server.set("user_may_invite", NO_ENDPOINT["express-404-html"])
     assert (await check(fwd)).outcome is Outcome.NOT_IMPLEMENTED
     server.set("user_may_invite", reject())
     assert (await check(fwd)).outcome is Outcome.REJECTED
-    assert len(server.requests) == 3
+    assert [r.callback for r in server.requests] == [
+        "user_may_invite",
+        "user_may_invite",
+        "ping",  # the evidence for the 404, asked after it came
+        "user_may_invite",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -418,13 +428,42 @@ async def test_no_endpoint_from_an_endpoint_that_answered_before_is_a_glitch(
 async def test_a_deliberate_404_with_an_errcode_still_rejects(
     server: AntispamServer, fwd: Forwarder, behaviour: Behaviour
 ) -> None:
-    server.set(None, behaviour)
+    """...when the server's own ping on the same base_url works, asked just then."""
+    server.set("user_may_invite", behaviour)
     verdict = await check(fwd)
     assert verdict.outcome is Outcome.REJECTED
     assert isinstance(behaviour.body, dict) and verdict.errcode == behaviour.body["errcode"]
-    assert len(server.requests) == 1
+    assert len(server.requests_for("user_may_invite")) == len(server.requests_for("ping")) == 1
     await check(fwd)
-    assert len(server.requests) == 2  # still asked every time
+    assert len(server.requests_for("user_may_invite")) == 2  # still asked every time
+    assert len(server.requests_for("ping")) == 2  # and so is the evidence
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_404_with_an_errcode_to_ping_too_means_base_url_is_wrong(
+    server: AntispamServer, fwd: Forwarder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Meowlnir with a wrong management room: the user is not refused by the server, the
+    module is misconfigured. A failure under the policy, and one ERROR naming base_url."""
+    server.set(
+        None,
+        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", status=404),
+    )
+    with caplog.at_level(logging.WARNING):
+        first, second = await check(fwd), await check(fwd)
+    for verdict in (first, second):
+        assert (verdict.outcome, verdict.failure) == (
+            Outcome.FAILED_CLOSED,
+            Failure.NO_ANTISPAM_SERVER,
+        )
+        assert verdict.message == "The antispam server could not be found"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"[{server.base_url}] base_url {server.base_url} does not reach an antispam server: "
+        "user_may_invite and ping were both answered with HTTP 404 (M_NOT_FOUND: Antispam "
+        "configuration issue: policy list not found). Check base_url's host, port and path. "
+        "Until the antispam server answers, calls fail under their failure policy."
+    ]
 
 
 @pytest_twisted.ensureDeferred

@@ -253,3 +253,62 @@ async def test_legacy_door_report_only(
     room = await checker.user_may_create_room("@u:t")  # type: ignore[attr-defined]
     assert not is_allow("user_may_create_room", room)  # not report-only: enforced
     assert caplog.text.count("would reject") == 2
+
+
+class _UnreadableEvent:
+    """An event whose request cannot be built (a fault on the module's side, not the server's)."""
+
+    event_id = "$broken:test"
+
+    def get_dict(self) -> dict[str, Any]:
+        raise RuntimeError("cannot read this event")
+
+
+@modern_only
+@pytest.mark.parametrize("mode", ["async", "report_only"])
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_cannot_be_built_never_refuses_what_is_not_enforced(
+    server: AntispamServer, mode: str
+) -> None:
+    """`async` and `report_only` never refuse: a payload fault is counted as the decision it
+    would have been (would_fail_closed), under the callback's failure policy (here closed)."""
+    label = f"unbuilt-{uuid.uuid4().hex[:8]}"
+    api = installed_api()
+    name = "check_event_for_spam"  # in every release's modern door; made to fail closed
+    config: dict[str, Any] = {"base_url": server.base_url, "name": label}
+    config["fail_open"] = {name: False}
+    config[mode] = {name: True} if mode == "async" else [name]
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    value = await api.registered[name](_UnreadableEvent())
+    assert is_allow(name, value), value
+    assert decisions(label, name, "would_fail_closed") == 1
+    assert server.requests_for(name) == []
+
+
+@modern_only
+@pytest_twisted.ensureDeferred
+async def test_an_enforced_request_that_cannot_be_built_is_counted_and_fails_closed(
+    server: AntispamServer,
+) -> None:
+    label = f"unbuilt-{uuid.uuid4().hex[:8]}"
+    api = installed_api()
+    name = "check_event_for_spam"
+    config = {"base_url": server.base_url, "name": label, "fail_open": {name: False}}
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    value = await api.registered[name](_UnreadableEvent())
+    assert is_deny(name, value)
+    assert decisions(label, name, "failed_closed") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_async_call_dropped_at_max_background_is_the_background_outcome(
+    server: AntispamServer,
+) -> None:
+    """The one decision `background` counts: allowed at once and never checked."""
+    f, recorder = forwarder(
+        server.base_url, max_background=0, **{"async": {"user_may_invite": True}}
+    )
+    assert f.background("user_may_invite", Kind.GATE, INVITE).outcome is Outcome.BACKGROUND
+    await f.close()
+    assert outcomes(recorder) == [("user_may_invite", Outcome.BACKGROUND, None)]
+    assert recorder.dropped == ["user_may_invite"] and server.requests == []
