@@ -56,6 +56,8 @@ class Config:
     report_only: frozenset[str] = frozenset()
     fail_open: Mapping[str, bool] = attrs.field(factory=dict)
     do_ping: bool = False
+    # A ping this often (seconds) whatever the traffic, for the `server_up` gauge; 0: none.
+    health_interval: float = 15.0
     timeout: float = DEFAULT_TIMEOUT
     timeouts: Mapping[str, float] = attrs.field(factory=dict)
     max_request_bytes: int = 256 * 1024
@@ -108,6 +110,7 @@ KEYS = (
     "report_only",
     "fail_open",
     "do_ping",
+    "health_interval",
     "timeout",
     "timeouts",
     "max_request_bytes",
@@ -180,6 +183,18 @@ def _reuse_seconds(value: Any) -> float:
         raise _fail(
             key, f"must be more than 0 and at most {MAX_REUSE_SECONDS:g} seconds, got {value}"
         )
+    return float(value)
+
+
+def _interval(value: Any) -> float:
+    """health_interval: seconds between health pings, or 0 (or false) for none."""
+    if value is False or value == 0:
+        return 0.0
+    key = "health_interval"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, f"expected a number of seconds, or 0 to turn it off, got {value!r}")
+    if not (isinstance(value, int) or math.isfinite(value)) or not 1 <= value <= 3600:
+        raise _fail(key, f"must be 0 (off) or from 1 to 3600 seconds, got {value!r}")
     return float(value)
 
 
@@ -349,6 +364,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
         report_only=_report_only(raw.get("report_only")),
         fail_open=_callback_map("fail_open", raw.get("fail_open"), _bool),
         do_ping=_bool("do_ping", raw.get("do_ping", False)),
+        health_interval=_interval(raw.get("health_interval", default.health_interval)),
         timeout=_seconds("timeout", raw.get("timeout", default.timeout)),
         timeouts=_callback_map("timeouts", raw.get("timeouts"), _seconds),
         max_request_bytes=_count(

@@ -24,6 +24,7 @@ from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.endpoints import Endpoints
 from synapse_http_antispam.guards import Breaker, Limiter
+from synapse_http_antispam.health import Health
 from synapse_http_antispam.log import instance_log, report_verdict
 from synapse_http_antispam.metrics import NullObserver, Observer
 from synapse_http_antispam.pinger import Pinger
@@ -106,6 +107,9 @@ class Forwarder:
         self._request_count = 0
         self._pinger = Pinger(self._sender, self.endpoints, reactor, self.url, self.log)
         self.reuse = Reuse.configured(reactor, config, self.log)
+        self.health = Health(
+            reactor, config.health_interval, self._health_ping, self._observer, self.url, self.log
+        )
         self._closed = False
 
     def _next_request_id(self) -> str:
@@ -252,13 +256,23 @@ class Forwarder:
         timeout = min(self.PROBE_TIMEOUT, self._config.timeout)
         return (await self.ping_once(limit=False, timeout=timeout)).reachable
 
+    async def _health_ping(self, interval: float) -> PingResult:
+        # Outside the limiter, as the probe: calls hanging on a dead server must not hide it.
+        timeout = min(interval, self._config.timeout)
+        return await self.ping_once(limit=False, timeout=timeout)
+
     def start_ping(self) -> None:
         """Ping in the background until the server answers; never delays Synapse's startup."""
         self._pinger.start(self.ping_once)
+
+    def start_health(self) -> None:
+        """Ping every `health_interval` seconds from now on (a no-op when it is 0)."""
+        self.health.start()
 
     async def close(self) -> None:
         self._closed = True
         self.reuse.clear()
         self.breaker.stop()
         self._pinger.stop()
+        self.health.stop()
         await self._wire.close()

@@ -49,6 +49,7 @@ class LegacyHTTPAntispam:
         )
         if config.do_ping:
             self._dispatcher.forwarder.start_ping()
+        self._dispatcher.forwarder.start_health()
 
 
 def _dispatcher(owner: LegacyHTTPAntispam) -> Dispatcher:

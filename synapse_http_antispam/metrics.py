@@ -22,6 +22,7 @@ class Observer(Protocol):
     def breaker_probed(self, answered: bool) -> None: ...
     def background_dropped(self, callback: str) -> None: ...
     def reused(self, callback: str, how: str) -> None: ...
+    def health(self, up: bool, at: float) -> None: ...
 
 
 class NullObserver:
@@ -43,6 +44,9 @@ class NullObserver:
         pass
 
     def reused(self, callback: str, how: str) -> None:
+        pass
+
+    def health(self, up: bool, at: float) -> None:
         pass
 
 
@@ -107,6 +111,17 @@ def _create() -> dict[str, Any] | None:
             "with an identical call in flight; stored: from an answer the server let be reused)",
             ["server", "callback", "how"],
         ),
+        "up": Gauge(
+            f"{prefix}_server_up",
+            "1 while the antispam server answers its health ping (every health_interval), 0 "
+            "once it does not; absent before the first health ping",
+            ["server"],
+        ),
+        "last_up": Gauge(
+            f"{prefix}_server_last_up_timestamp_seconds",
+            "When the antispam server last answered a health ping (Unix time)",
+            ["server"],
+        ),
         "timeout": Gauge(
             f"{prefix}_timeout_seconds",
             "The configured deadline of each enabled callback (to compare latency against)",
@@ -156,3 +171,9 @@ class PrometheusObserver:
     def reused(self, callback: str, how: str) -> None:
         if self._m is not None:
             self._m["reused"].labels(self._server, callback, how).inc()
+
+    def health(self, up: bool, at: float) -> None:
+        if self._m is not None:
+            self._m["up"].labels(self._server).set(1 if up else 0)
+            if up:
+                self._m["last_up"].labels(self._server).set(at)

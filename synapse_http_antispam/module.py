@@ -51,3 +51,4 @@ class HTTPAntispam:
         self._dispatcher.announce_report_only(callbacks)
         if config.do_ping:
             self._dispatcher.forwarder.start_ping()
+        self._dispatcher.forwarder.start_health()

@@ -36,3 +36,19 @@ def _fresh_antispam(request: pytest.FixtureRequest) -> None:
         server: AntispamServer = request.getfixturevalue("antispam")
         server.reset_behaviours()
         server.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_health_loops(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doors start a health ping every 15 s on the global reactor, for as long as the
+    process lives; in-process tests build hundreds of module instances against servers that
+    are gone a moment later. Those loops are not started (their WARNING lines would land in
+    other tests' logs), except in tests marked `health_loop`; tests/unit/test_health.py tests
+    the health ping itself."""
+    if request.node.get_closest_marker("health_loop") is None:
+        from synapse_http_antispam.forwarder import Forwarder
+
+        started: list[Forwarder] = []
+        monkeypatch.setattr(Forwarder, "start_health", lambda self: started.append(self))

@@ -1,0 +1,176 @@
+"""The health ping (issue 29): a dead antispam server shows on a quiet homeserver, with no
+user traffic, through the `server_up` gauge; the log says only when the state changes.
+
+Against a real local server; the loop itself runs on the real reactor at its shortest
+interval (1 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.metrics import PrometheusObserver
+from tests.support.antispam_server import AntispamServer, Behaviour
+from tests.support.recorder import Recorder
+from tests.support.waiting import sleep, until
+
+PROXY_404 = Behaviour(
+    status=404, body=b"404 page not found", headers={"Content-Type": "text/plain"}
+)
+
+
+class HealthRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.healths: list[bool] = []
+
+    def health(self, up: bool, at: float) -> None:
+        self.healths.append(up)
+
+
+def make(url: str, observer: Any = None, **extra: Any) -> Forwarder:
+    config = parse_config({"base_url": url, "timeout": 1.0, **extra})
+    return Forwarder(config, observer=observer)
+
+
+@pytest_twisted.async_yield_fixture
+async def watched(server: AntispamServer) -> AsyncIterator[tuple[Forwarder, HealthRecorder]]:
+    recorder = HealthRecorder()
+    f = make(server.base_url, recorder)
+    yield f, recorder
+    await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_down_and_up_again_are_each_said_once(
+    server: AntispamServer,
+    watched: tuple[Forwarder, HealthRecorder],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f, recorder = watched
+    with caplog.at_level(logging.INFO):
+        await f.health.check()  # up: nothing to say (the startup ping says it, if asked)
+        server.set("ping", Behaviour(status=503, body={"errcode": "M_UNKNOWN", "error": "down"}))
+        await f.health.check()
+        await f.health.check()  # still down: not said again
+        server.set("ping", PROXY_404)
+        await f.health.check()  # a proxy's page is down too
+        server.reset_behaviours()
+        await f.health.check()
+        await f.health.check()
+    assert recorder.healths == [True, False, False, False, True, True]
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        (
+            logging.WARNING,
+            f"[{server.base_url}] Health ping to the antispam server at {server.base_url} failed "
+            "(http_status, HTTP 503: M_UNKNOWN: down); it counts as down until a ping is "
+            "answered (every 15s)",
+        ),
+        (
+            logging.INFO,
+            f"[{server.base_url}] The antispam server at {server.base_url} answers health "
+            "pings again",
+        ),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_cannot_be_reached_is_down_and_never_waited_for_longer_than_timeout(
+    server: AntispamServer,
+) -> None:
+    recorder = HealthRecorder()
+    server.set("ping", Behaviour(never_respond=True))
+    f = make(server.base_url, recorder, timeout=0.3, health_interval=1)
+    try:
+        await f.health.check()
+    finally:
+        await f.close()
+    assert recorder.healths == [False]
+
+
+@pytest.mark.health_loop
+@pytest_twisted.ensureDeferred
+async def test_the_loop_pings_every_interval_with_no_traffic_and_stops_at_close(
+    server: AntispamServer,
+) -> None:
+    label = f"health-{uuid.uuid4().hex[:8]}"
+    f = make(server.base_url, PrometheusObserver(label), health_interval=1)
+    f.start_health()
+    try:
+        await until(lambda: len(server.requests_for("ping")) >= 2, limit=5)
+    finally:
+        await f.close()
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("synapse_http_antispam_server_up", {"server": label}) == 1
+    last = REGISTRY.get_sample_value(
+        "synapse_http_antispam_server_last_up_timestamp_seconds", {"server": label}
+    )
+    assert last is not None and last > 1.6e9
+    count = len(server.requests_for("ping"))
+    await sleep(1.5)
+    assert len(server.requests_for("ping")) == count  # stopped
+
+
+@pytest.mark.parametrize("off", [0, False])
+@pytest.mark.health_loop
+def test_health_interval_0_sends_nothing(server: AntispamServer, off: object) -> None:
+    f = make(server.base_url, health_interval=off)
+    f.start_health()
+    assert f.health.up is None and not f.health.running
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (0.5, "must be 0 (off) or from 1 to 3600 seconds, got 0.5"),
+        (3601, "must be 0 (off) or from 1 to 3600 seconds, got 3601"),
+        (float("nan"), "must be 0 (off) or from 1 to 3600 seconds, got nan"),
+        (10**400, "must be 0 (off) or from 1 to 3600 seconds"),
+        ("15", "expected a number of seconds, or 0 to turn it off, got '15'"),
+        (True, "expected a number of seconds, or 0 to turn it off, got True"),
+    ],
+)
+def test_health_interval_is_checked(value: object, problem: str) -> None:
+    from synapse_http_antispam.synapse_compat import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"base_url": "http://x", "health_interval": value})
+    assert str(info.value).startswith(f"synapse_http_antispam: health_interval: {problem}")
+
+
+def test_health_interval_defaults_to_15_seconds() -> None:
+    assert parse_config({"base_url": "http://x"}).health_interval == 15.0
+    assert parse_config({"base_url": "http://x", "health_interval": 60}).health_interval == 60.0
+
+
+@pytest.mark.parametrize("door", ["modern", "legacy"])
+@pytest.mark.health_loop
+@pytest_twisted.ensureDeferred
+async def test_both_doors_start_the_health_ping(server: AntispamServer, door: str) -> None:
+    pytest.importorskip("synapse")
+    from synapse.module_api import ModuleApi
+
+    from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
+    from tests.unit.test_doors import installed_api
+
+    config = {"base_url": server.base_url, "health_interval": 60}
+    if door == "legacy":
+        instance: Any = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+    elif not hasattr(ModuleApi, "register_spam_checker_callbacks"):
+        pytest.skip("Synapse before 1.37 has no modules: section")
+    else:
+        instance = HTTPAntispam(HTTPAntispam.parse_config(config), installed_api())
+    forwarder = instance._dispatcher.forwarder
+    assert forwarder.health.running
+    await forwarder.close()
+    assert not forwarder.health.running
