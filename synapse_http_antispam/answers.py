@@ -65,8 +65,10 @@ def _errcode_of(answer: Mapping[str, Any] | None) -> str | None:
 
 
 def detail(answer: Answer) -> str:
-    """The server's own `error` text (or the start of a plain-text body), for logs and
-    `check`: shortened, one line, never used as the client's message."""
+    """The server's own `error` text (or the start of a plain-text body, or a redirect's
+    target), for logs and `check`: shortened, one printable line, never the client's message."""
+    if answer.location:
+        return one_line("redirect to " + answer.location)
     obj = json_object(answer.body) if answer.complete else None
     if obj is not None:
         error, errcode = obj.get("error"), _errcode_of(obj)
@@ -75,7 +77,15 @@ def detail(answer: Answer) -> str:
         return ""
     else:
         text = answer.body[:DETAIL_CHARS].decode("utf-8", "replace")
-    return " ".join(text.split())[:DETAIL_CHARS]
+    return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """Untrusted text made safe for one log line: whitespace runs become one space, other
+    control characters (terminal escapes) a `?`, at most DETAIL_CHARS long."""
+    cut = text[: DETAIL_CHARS * 4]  # a 64 KiB header need not be walked whole
+    printable = "".join(c if c.isprintable() or c.isspace() else "?" for c in cut)
+    return " ".join(printable.split())[:DETAIL_CHARS]
 
 
 def no_endpoint(answer: Answer) -> bool:

@@ -67,6 +67,8 @@ class Answer:
     content_type: str = ""
     # Every Cache-Control header line, joined with ", " (untrusted: `reuse.max_age` reads it).
     cache_control: str = ""
+    # A redirect's target (never followed; `answers.detail` shows it to the admin).
+    location: str = ""
     # For a body nobody needs: fires (with None) once it has been read away, cut at the cap,
     # or broken off; cancelling it drops the connection. Waiting for it keeps the connection
     # reusable; its outcome changes nothing about the answer.
@@ -260,12 +262,33 @@ def _read_body(response: IResponse, limit: int) -> Deferred[tuple[bytes, bool]]:
     return reader.finished
 
 
+def _is_tls(reason: TwistedFailure) -> bool:
+    return reason.type is not None and reason.type.__module__.split(".")[0] in (
+        "OpenSSL",
+        "service_identity",
+    )
+
+
 def _tls_trouble(reasons: list[TwistedFailure]) -> bool:
     """Whether a failed connection failed in TLS (certificate, host name, handshake)."""
-    return any(
-        r.type is not None and r.type.__module__.split(".")[0] in ("OpenSSL", "service_identity")
-        for r in reasons
-    )
+    return any(_is_tls(r) for r in reasons)
+
+
+def _words(value: object) -> str:
+    """An exception's text in one line; pyOpenSSL's nested error tuples flattened."""
+    if isinstance(value, (list, tuple)):
+        return "; ".join(w for w in (_words(v) for v in value) if w)
+    if isinstance(value, BaseException) and type(value).__module__.startswith("OpenSSL"):
+        return _words(value.args)
+    return " ".join(str(value).split())
+
+
+def _cause(reasons: list[TwistedFailure], tls: bool) -> str:
+    """The resolver's, the socket's or the TLS library's own words for why no answer came
+    (shortened), for logs and `check`: "could not connect" alone cannot tell a host name that
+    does not resolve from a closed port, nor which certificate check failed."""
+    chosen = [r for r in reasons if _is_tls(r)] if tls else reasons
+    return "; ".join(_words(r.value) for r in chosen)[:200]
 
 
 class Wire:
@@ -312,6 +335,7 @@ class Wire:
         try:
             content_type = _header(response, b"content-type")
             cache_control = _header(response, b"cache-control")
+            location = _header(response, b"location") if 300 <= response.code < 400 else ""
             needed = body_needed(response.code)
         except Exception:  # a bug here must not leave the connection open and unread
             response.deliverBody(_Discard())
@@ -324,7 +348,7 @@ class Wire:
                 response.code, content_type=content_type, cache_control=cache_control, rest=rest
             )
         content, complete = await _read_body(response, self._max_response_bytes)
-        return Answer(response.code, content, complete, content_type, cache_control)
+        return Answer(response.code, content, complete, content_type, cache_control, location)
 
     async def _request(self, url: str, body: bytes, headers: Headers) -> IResponse:
         for attempt in (1, 2):
@@ -345,13 +369,13 @@ class Wire:
                 if any(reason.check(CancelledError) for reason in e.reasons):
                     raise CancelledError() from None
                 if _tls_trouble(e.reasons):
-                    raise CallFailed(Failure.TLS) from None
+                    raise CallFailed(Failure.TLS, detail=_cause(e.reasons, True)) from None
                 if attempt == 1 and reused:
                     self._log.debug(
                         "Pooled connection to antispam server was closed; retrying once"
                     )
                     continue
-                raise CallFailed(Failure.CONNECT) from None
+                raise CallFailed(Failure.CONNECT, detail=_cause(e.reasons, False)) from None
             except (CancelledError, CallFailed):
                 raise
             except Exception as e:
@@ -360,8 +384,9 @@ class Wire:
                     # Given up after part of the headers came (ResponseFailed): the caller's
                     # cancellation, not the server's fault.
                     raise CancelledError() from None
-                failure = Failure.TLS if _tls_trouble(reasons) else Failure.CONNECT
-                raise CallFailed(failure) from None
+                tls = _tls_trouble(reasons)
+                failure = Failure.TLS if tls else Failure.CONNECT
+                raise CallFailed(failure, detail=_cause(reasons, tls)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:

@@ -4,7 +4,9 @@ error text, and nothing made up where there was no answer."""
 from __future__ import annotations
 
 import json
+import ssl
 
+import pytest
 import pytest_twisted
 
 from synapse_http_antispam.catalogue import Kind
@@ -34,7 +36,38 @@ async def test_a_server_error_keeps_its_status_and_words(server: AntispamServer)
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_answer_has_no_status_and_no_words() -> None:
+async def test_no_answer_has_no_status_and_the_sockets_words() -> None:
+    """No HTTP status, and the cause in the operating system's words (issue 29: a closed port
+    and a host name that does not resolve read alike before)."""
     verdict = await invite(f"http://127.0.0.1:{free_port()}")
     assert verdict.failure is Failure.CONNECT
-    assert (verdict.http_status, verdict.detail) == (None, "")
+    assert verdict.http_status is None
+    assert "Connection refused" in verdict.detail
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_name_that_does_not_resolve_says_so() -> None:
+    verdict = await invite("http://no-such-host.invalid:8080")
+    assert verdict.failure is Failure.CONNECT
+    assert verdict.detail.startswith("DNS lookup failed"), verdict.detail
+    assert "no-such-host.invalid" in verdict.detail
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_names_its_target_in_one_safe_line(server: AntispamServer) -> None:
+    target = "https://antispam.example/api\x1b[31m"
+    server.set(None, Behaviour(status=308, headers={"Location": target}))
+    verdict = await invite(server.base_url)
+    assert (verdict.failure, verdict.http_status) == (Failure.HTTP_STATUS, 308)
+    assert verdict.detail == "redirect to https://antispam.example/api?[31m"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_untrusted_certificate_gives_the_tls_librarys_reason() -> None:
+    trustme = pytest.importorskip("trustme")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    with AntispamServer(tls=context) as server:
+        verdict = await invite(server.base_url)
+    assert verdict.failure is Failure.TLS
+    assert "certificate verify failed" in verdict.detail
