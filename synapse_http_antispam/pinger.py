@@ -61,6 +61,8 @@ class Pinger:
             evidence = answers.from_antispam_server(answer)
             if evidence:
                 self._endpoints.saw_server()
+            elif outcome == "not_implemented":
+                self._endpoints.lost()  # a proxy's page where the server was: it went away
         except CallFailed as e:
             status, outcome = e.status, e.failure.value
         except CancelledError:

@@ -180,3 +180,16 @@ def test_a_waiter_giving_up_while_the_answer_is_handed_out_is_no_error() -> None
     call.callback(Shared(ALLOW, 200, "rid"))
     assert results[1] is CancelledError
     assert isinstance(results[0], tuple) and results[0][1] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_answered_by_a_proxys_404_drops_what_the_server_said(
+    server: AntispamServer, fwd: Forwarder
+) -> None:
+    """The health ping (or any ping) meeting the proxy's page where the server was: the
+    callbacks it said it has no endpoint for are asked again once it is back."""
+    server.set("user_may_publish_room", PROXY_404)
+    assert (await ask(fwd, "user_may_publish_room")).outcome is Outcome.NOT_IMPLEMENTED
+    server.set(None, PROXY_404)
+    assert (await fwd.ping_once()).outcome == "not_implemented"
+    assert not fwd.known_unimplemented("user_may_publish_room")
