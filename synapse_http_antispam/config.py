@@ -8,7 +8,6 @@ callback 'user_may_invtie' (did you mean 'user_may_invite'?)" and Synapse does n
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
@@ -142,9 +141,11 @@ def _suggest(name: str, valid: tuple[str, ...]) -> str:
 def _check_keys(raw: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
     for key in raw:
         if key not in valid:
+            # YAML keys may be numbers, null or true: name them as written, huge ones too.
+            name = key if isinstance(key, str) else _show(key)
             raise _fail(
-                f"{where}{key}",
-                f"unknown key{_suggest(str(key), valid)}; valid keys: {', '.join(valid)}",
+                f"{where}{name}",
+                f"unknown key{_suggest(name, valid)}; valid keys: {', '.join(valid)}",
             )
 
 
@@ -163,26 +164,31 @@ def _callback_name(key: str, name: Any) -> str:
 def _typed(key: str, value: Any, kind: type[T], what: str) -> T:
     # bool is an int subclass; a YAML `yes` must not pass as a number.
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise _fail(key, f"expected {what}, got {value!r}")
+        raise _fail(key, f"expected {what}, got {_show(value)}")
     return value
 
 
-def _seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, f"expected a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT:
-        raise _fail(key, f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, got {value}")
-    return float(value)
+def _show(value: Any) -> str:
+    """A value as an error message quotes it. A huge whole number (YAML reads 400 digits as
+    one) is described instead: its digits would bury the message, and past 4300 of them
+    Python refuses to print it at all."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a whole number too large to use"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge number inside a list or a map
+        return f"a {type(value).__name__} holding a number too large to print"
+    return text if len(text) <= 200 else f"{text[:200]}..."
 
 
-def _reuse_seconds(value: Any) -> float:
-    key = "reuse_max_seconds"
+def _seconds(key: str, value: Any, most: float = MAX_TIMEOUT) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, f"expected a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0 or value > MAX_REUSE_SECONDS:
-        raise _fail(
-            key, f"must be more than 0 and at most {MAX_REUSE_SECONDS:g} seconds, got {value}"
-        )
+        raise _fail(key, f"expected a number of seconds, got {_show(value)}")
+    # Compared as written, never through float(): a huge int does not fit in one, and NaN
+    # fails both comparisons.
+    if not 0 < value <= most:
+        shown = _show(value) if isinstance(value, int) else str(value)
+        raise _fail(key, f"must be more than 0 and at most {most:g} seconds, got {shown}")
     return float(value)
 
 
@@ -192,16 +198,17 @@ def _interval(value: Any) -> float:
         return 0.0
     key = "health_interval"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, f"expected a number of seconds, or 0 to turn it off, got {value!r}")
-    if not (isinstance(value, int) or math.isfinite(value)) or not 1 <= value <= 3600:
-        raise _fail(key, f"must be 0 (off) or from 1 to 3600 seconds, got {value!r}")
+        raise _fail(key, f"expected a number of seconds, or 0 to turn it off, got {_show(value)}")
+    # Compared as written (NaN fails it): a huge int does not fit in a float.
+    if not 1 <= value <= 3600:
+        raise _fail(key, f"must be 0 (off) or from 1 to 3600 seconds, got {_show(value)}")
     return float(value)
 
 
 def _count(key: str, value: Any, minimum: int) -> int:
     number = _typed(key, value, int, "a whole number")
     if number < minimum:
-        raise _fail(key, f"must be at least {minimum}, got {number}")
+        raise _fail(key, f"must be at least {minimum}, got {_show(number)}")
     return number
 
 
@@ -209,7 +216,7 @@ def _callback_map(key: str, raw: Any, parse: Callable[[str, Any], T]) -> dict[st
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise _fail(key, f"expected a mapping of callback name to value, got {raw!r}")
+        raise _fail(key, f"expected a mapping of callback name to value, got {_show(raw)}")
     return {
         _callback_name(key, name): parse(f"{key}.{name}", value) for name, value in raw.items()
     }
@@ -223,15 +230,39 @@ def _base_url(raw: Any) -> str:
     if raw is None:
         raise _fail("base_url", "missing: set it to the antispam server's URL")
     url = _typed("base_url", raw, str, "a URL string").strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not url.isprintable() or " " in url:
+        # urlsplit quietly drops tabs and line breaks; the request line would not.
+        raise _fail("base_url", f"must not contain spaces or control characters, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        hostname, username, password = parts.hostname, parts.username, parts.password
+    except ValueError as e:  # an unclosed [IPv6 literal
+        raise _fail(
+            "base_url", f"expected an http:// or https:// URL, got {url!r} ({e})"
+        ) from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise _fail("base_url", f"expected an http:// or https:// URL, got {url!r}")
-    if parts.query or parts.fragment:
+    # The raw characters, not the parsed parts: "http://h/?" has an empty query, but still one.
+    if "?" in url or "#" in url:
         raise _fail("base_url", "must not contain a query string or fragment")
-    if parts.username is not None or parts.password is not None:
+    if username is not None or password is not None:
         # Credentials in the URL would be logged with it, and are never sent: use a token.
         raise _fail("base_url", "must not contain a user name or password; use authorization")
+    port = _port_text(parts.netloc)
+    # Checked by hand: what urlsplit's .port accepts ("+80", " 80", out-of-range numbers)
+    # differs between Python releases, and every call to a port 0 or 99999 would fail.
+    if port and not (
+        len(port) <= 5 and port.isascii() and port.isdigit() and 0 < int(port) < 2**16
+    ):
+        raise _fail("base_url", f"the port must be a number from 1 to 65535, got {port!r}")
     return url.rstrip("/")
+
+
+def _port_text(netloc: str) -> str:
+    """The port as written in `host:port`, `[v6]:port` or `user@host:port`, or ''."""
+    host = netloc.rpartition("@")[2]
+    _, bracket, after = host.rpartition("]")
+    return (after if bracket else host).partition(":")[2]
 
 
 def _token(raw: Mapping[str, Any]) -> str | None:
@@ -244,6 +275,11 @@ def _token(raw: Mapping[str, Any]) -> str | None:
                 f"expected a string, got {_a(type(inline).__name__)}: put the secret in quotes "
                 '(authorization: "...") or use authorization_path',
             )
+        if not inline:
+            # Not "no token": an admin who wrote the key meant to send one, and would learn
+            # otherwise only from the server's 401s. A blank token is refused only when
+            # empty: whitespace is a token like any other, sent as written (below).
+            raise _fail("authorization", "empty: remove the key to send no credentials")
         # Sent byte for byte as written, as 0.5.x did: servers compare it exactly.
         token = inline
     elif raw.get("authorization_path") is not None:
@@ -255,6 +291,8 @@ def _token(raw: Mapping[str, Any]) -> str | None:
             raise _fail("authorization_path", f"cannot read {path!r}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise _fail("authorization_path", f"{path!r} is not UTF-8 text") from None
+        except ValueError:  # a NUL in the path
+            raise _fail("authorization_path", f"{path!r} is not a file path") from None
         if not token:
             raise _fail("authorization_path", f"{path!r} is empty")
     else:
@@ -274,7 +312,7 @@ def _name(raw: Any) -> str | None:
         return None
     name = _typed("name", raw, str, "a string").strip()
     if not name or len(name) > 64 or not name.isprintable():
-        raise _fail("name", f"expected 1 to 64 printable characters, got {raw!r}")
+        raise _fail("name", f"expected 1 to 64 printable characters, got {_show(raw)}")
     return name
 
 
@@ -282,7 +320,7 @@ def _enabled(raw: Any) -> frozenset[str] | None:
     if raw is None:
         return None
     if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
-        raise _fail("enabled_callbacks", f"expected a list of callback names, got {raw!r}")
+        raise _fail("enabled_callbacks", f"expected a list of callback names, got {_show(raw)}")
     return frozenset(_callback_name("enabled_callbacks", name) for name in raw)
 
 
@@ -293,10 +331,11 @@ def _report_only(raw: Any) -> frozenset[str]:
         return frozenset(NAMES)
     if isinstance(raw, str) and raw in CALLBACKS:
         raise _fail(
-            "report_only", f'expected a list of callback names or "*", got {raw!r}: write [{raw}]'
+            "report_only",
+            f'expected a list of callback names or "*", got {_show(raw)}: write [{raw}]',
         )
     if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
-        raise _fail("report_only", f'expected a list of callback names or "*", got {raw!r}')
+        raise _fail("report_only", f'expected a list of callback names or "*", got {_show(raw)}')
     if "*" in raw:
         raise _fail("report_only", '"*" stands alone: it means every callback')
     return frozenset(_callback_name("report_only", name) for name in raw)
@@ -306,14 +345,14 @@ def _breaker(raw: Any) -> BreakerConfig:
     if raw is None:
         return BreakerConfig()
     if not isinstance(raw, Mapping):
-        raise _fail("circuit_breaker", f"expected a mapping, got {raw!r}")
+        raise _fail("circuit_breaker", f"expected a mapping, got {_show(raw)}")
     _check_keys(raw, BREAKER_KEYS, "circuit_breaker.")
     default = BreakerConfig()
     rate = raw.get("failure_rate", default.failure_rate)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
         raise _fail(
             "circuit_breaker.failure_rate",
-            f"expected a number above 0 and at most 1, got {rate!r}",
+            f"expected a number above 0 and at most 1, got {_show(rate)}",
         )
     return BreakerConfig(
         failure_threshold=_count(
@@ -351,7 +390,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise _fail("config", f"expected a mapping, got {raw!r}")
+        raise _fail("config", f"expected a mapping, got {_show(raw)}")
     _check_keys(raw, KEYS, "")
     default = _DEFAULTS
     config = Config(
@@ -389,7 +428,11 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
         ),
         name=_name(raw.get("name")),
         reuse_answers=_bool("reuse_answers", raw.get("reuse_answers", default.reuse_answers)),
-        reuse_max_seconds=_reuse_seconds(raw.get("reuse_max_seconds", default.reuse_max_seconds)),
+        reuse_max_seconds=_seconds(
+            "reuse_max_seconds",
+            raw.get("reuse_max_seconds", default.reuse_max_seconds),
+            MAX_REUSE_SECONDS,
+        ),
         reuse_max_entries=_count(
             "reuse_max_entries", raw.get("reuse_max_entries", default.reuse_max_entries), 1
         ),

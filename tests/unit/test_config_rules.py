@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synapse_http_antispam.catalogue import CALLBACKS, NAMES
 from synapse_http_antispam.config import (
@@ -164,6 +166,48 @@ def test_base_url_is_trimmed_of_spaces_and_trailing_slashes(written: str, used: 
 )
 def test_base_url_and_the_block_itself(raw: Any, message: str) -> None:
     assert refused(raw) == message
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        (
+            "http://[::1",
+            "expected an http:// or https:// URL, got 'http://[::1' (Invalid IPv6 URL)",
+        ),
+        ("http://h/?", "must not contain a query string or fragment"),
+        ("http://h/#", "must not contain a query string or fragment"),
+        ("http://h?", "must not contain a query string or fragment"),
+        ("http://h:99999", "the port must be a number from 1 to 65535, got '99999'"),
+        ("http://h:65536/x", "the port must be a number from 1 to 65535, got '65536'"),
+        ("http://h:0", "the port must be a number from 1 to 65535, got '0'"),
+        ("http://h:abc", "the port must be a number from 1 to 65535, got 'abc'"),
+        ("http://[::1]:-1", "the port must be a number from 1 to 65535, got '-1'"),
+        ("http://h:+80", "the port must be a number from 1 to 65535, got '+80'"),
+        (
+            "http://h:8" + "0" * 400,
+            "the port must be a number from 1 to 65535, got '8" + "0" * 400 + "'",
+        ),
+        (
+            "http://h:\u0668\u0660",
+            "the port must be a number from 1 to 65535, got '\u0668\u0660'",
+        ),
+        ("http://h: 80", "must not contain spaces or control characters, got 'http://h: 80'"),
+        ("http://h/a\nb", "must not contain spaces or control characters, got 'http://h/a\\nb'"),
+        ("http://h/a\tb", "must not contain spaces or control characters, got 'http://h/a\\tb'"),
+    ],
+)
+def test_a_base_url_every_call_would_fail_on_is_refused(url: str, message: str) -> None:
+    """Each of these used to start Synapse (then fail every call, "abc" with a traceback each
+    time), or stop it with a ValueError that did not say which key was wrong."""
+    assert refused({"base_url": url}) == f"base_url: {message}"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h:1", "http://h:65535", "http://[::1]:8080/x", "http://h:/x", "http://[::1]"]
+)
+def test_a_port_from_1_to_65535_or_none(url: str) -> None:
+    assert parse_config({"base_url": url}).base_url == url
 
 
 # --- keys and callback names --------------------------------------------------------------------
@@ -411,6 +455,63 @@ def test_seconds_lie_above_zero_and_at_most_300(key: str, place: Any) -> None:
         )
 
 
+HUGE = 10**400  # what YAML makes of 400 digits: an int no float can hold
+
+
+@pytest.mark.parametrize(
+    "place, key, message",
+    [
+        ({"timeout": HUGE}, "timeout", "must be more than 0 and at most 300 seconds"),
+        ({"timeout": -HUGE}, "timeout", "must be more than 0 and at most 300 seconds"),
+        (
+            {"timeouts": {"user_may_invite": HUGE}},
+            "timeouts.user_may_invite",
+            "must be more than 0 and at most 300 seconds",
+        ),
+        (
+            {"circuit_breaker": {"window": HUGE}},
+            "circuit_breaker.window",
+            "must be more than 0 and at most 300 seconds",
+        ),
+        (
+            {"circuit_breaker": {"probe_interval": HUGE}},
+            "circuit_breaker.probe_interval",
+            "must be more than 0 and at most 300 seconds",
+        ),
+        (
+            {"reuse_max_seconds": HUGE},
+            "reuse_max_seconds",
+            "must be more than 0 and at most 86400 seconds",
+        ),
+        (
+            {"circuit_breaker": {"failure_rate": HUGE}},
+            "circuit_breaker.failure_rate",
+            "expected a number above 0 and at most 1",
+        ),
+        ({"max_pending": -HUGE}, "max_pending", "must be at least 0"),
+        ({"do_ping": HUGE}, "do_ping", "expected true or false"),
+    ],
+)
+def test_a_huge_number_is_refused_by_name_without_its_digits(
+    place: dict[str, Any], key: str, message: str
+) -> None:
+    """float(10**400) overflows: these stopped Synapse with "int too large to convert to
+    float" and a traceback naming no key. The digits are not echoed (past 4300 of them
+    Python cannot even print the number)."""
+    assert refused({**BASE, **place}) == f"{key}: {message}, got a whole number too large to use"
+
+
+def test_a_huge_number_deep_in_a_value_is_not_printed() -> None:
+    huge = 10**5000
+    assert refused({**BASE, "fail_open": [huge]}) == (
+        "fail_open: expected a mapping of callback name to value, got a list holding a number "
+        "too large to print"
+    )
+    assert refused({**BASE, "circuit_breaker": {huge: 1}}).startswith(
+        "circuit_breaker.a whole number too large to use: unknown key;"
+    )
+
+
 def test_reuse_seconds_lie_above_zero_and_at_most_a_day() -> None:
     for fine in (86400, 0.5):
         assert parsed(reuse_max_seconds=fine).reuse_max_seconds == fine
@@ -487,9 +588,22 @@ def test_a_name_of_1_to_64_printable_characters() -> None:
 def test_an_inline_token_is_sent_exactly_as_written() -> None:
     assert parsed(authorization=" spaced token ").token == " spaced token "
     assert parsed(authorization="TOKEN-X0").token == "TOKEN-X0"
-    # Written but empty: no token, as when it is not written at all.
-    assert parsed(authorization="").token is None
+    # Whitespace is a token like any other: sent byte for byte, as 0.5.x sent it.
+    assert parsed(authorization=" ").token == " "
+    assert parsed(authorization=None).token is None
     assert parse_config(BASE).token is None
+
+
+def test_an_empty_inline_token_is_refused_not_taken_for_no_token(tmp_path: Path) -> None:
+    """`authorization: ""` used to send no Authorization header at all: the admin meant to
+    send credentials and would only have learnt otherwise from the server's 401s."""
+    message = "authorization: empty: remove the key to send no credentials"
+    assert refused({**BASE, "authorization": ""}) == message
+    (tmp_path / "t").write_text("from-file")
+    # Not a way to fall back to the file either: the inline key wins when written.
+    assert refused({**BASE, "authorization": "", "authorization_path": str(tmp_path / "t")}) == (
+        message
+    )
 
 
 def test_the_inline_token_wins_over_the_file(tmp_path: Path) -> None:
@@ -532,6 +646,9 @@ def test_token_file_mistakes(tmp_path: Path) -> None:
     assert refused({**BASE, "authorization_path": 5}) == (
         "authorization_path: expected a file path, got 5"
     )
+    assert refused({**BASE, "authorization_path": "a\0b"}) == (
+        "authorization_path: 'a\\x00b' is not a file path"
+    )
 
 
 # --- ca_file -----------------------------------------------------------------------------------
@@ -552,3 +669,64 @@ def test_ca_file(tmp_path: Path) -> None:
         f"ca_file: {str(empty)!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
     )
     assert refused({**BASE, "ca_file": 1}) == "ca_file: expected a file path, got 1"
+
+
+# --- anything YAML can say ----------------------------------------------------------------------
+
+# What a YAML document can hold: null, booleans, whole numbers of any size, floats with NaN and
+# infinities, strings (callback and key names among them, so maps get past their first check),
+# and lists and maps of those, keyed by any scalar.
+_NAMES_AND_KEYS = st.sampled_from([*NAMES, *KEYS, *BREAKER_KEYS, "*", URL, ""])
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**500), max_value=10**500)
+    | st.floats()
+    | st.text()
+    | _NAMES_AND_KEYS
+)
+YAML_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(_SCALARS.filter(lambda k: k == k), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def parses_or_names(key: str, raw: Any) -> None:
+    """The only two ways parse_config may end: a Config, or a ConfigError naming `key`."""
+    try:
+        assert isinstance(parse_config(raw), Config)
+    except ConfigError as e:
+        assert str(e).startswith(f"{PREFIX}{key}"), str(e)
+
+
+# One test drawing the key (pytest-twisted's wrapper does not survive parametrize + given).
+@settings(max_examples=1500)
+@given(key=st.sampled_from(KEYS), value=YAML_VALUES)
+def test_any_yaml_value_of_any_key_is_a_config_or_an_error_naming_it(key: str, value: Any) -> None:
+    parses_or_names(key, {**BASE, key: value})
+
+
+@settings(max_examples=200)
+@given(
+    scheme=st.sampled_from(["http://", "https://", "HTTP://", ""]),
+    rest=st.text(st.characters(codec="utf-8"))
+    | st.from_regex(r"\[?[0-9a-f:.]*\]?(:[-+0-9a-z]*)?(/.*)?", fullmatch=True),
+)
+def test_any_base_url_is_a_config_or_an_error_naming_it(scheme: str, rest: str) -> None:
+    parses_or_names("base_url", {"base_url": scheme + rest})
+
+
+@settings(max_examples=100)
+@given(
+    key=st.sampled_from(["async", "fail_open", "timeouts", "circuit_breaker"]),
+    value=st.dictionaries(_NAMES_AND_KEYS, YAML_VALUES, max_size=3),
+)
+def test_any_map_under_a_map_key_is_a_config_or_an_error_naming_it(
+    key: str, value: dict[Any, Any]
+) -> None:
+    parses_or_names(key, {**BASE, key: value})
