@@ -7,18 +7,25 @@ callback 'user_may_invtie' (did you mean 'user_may_invite'?)" and Synapse does n
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from typing import Any, Callable, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
 from synapse_http_antispam.catalogue import CALLBACKS, NAMES, PayloadOptions
-from synapse_http_antispam.synapse_compat import ConfigError
+from synapse_http_antispam.values import (
+    boolean,
+    callback_map,
+    callback_name,
+    check_keys,
+    count,
+    fail,
+    seconds,
+    show,
+    typed,
+)
 from synapse_http_antispam.wire import load_ca_certificates
-
-T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0
 # Media uploads can be large and scanners slow; everything else sits on an interactive path.
@@ -129,67 +136,8 @@ KEYS = (
 BREAKER_KEYS = ("failure_threshold", "failure_rate", "window", "probe_interval")
 
 
-def _fail(key: str, problem: str) -> ConfigError:
-    return ConfigError(f"synapse_http_antispam: {key}: {problem}")
-
-
-def _suggest(name: str, valid: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, valid)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_keys(raw: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
-    for key in raw:
-        if key not in valid:
-            # YAML keys may be numbers, null or true: name them as written, huge ones too.
-            name = key if isinstance(key, str) else _show(key)
-            raise _fail(
-                f"{where}{name}",
-                f"unknown key{_suggest(name, valid)}; valid keys: {', '.join(valid)}",
-            )
-
-
-def _callback_name(key: str, name: Any) -> str:
-    if not isinstance(name, str):
-        raise _fail(key, f"expected a callback name, got {type(name).__name__}")
-    if name not in CALLBACKS:
-        raise _fail(
-            key,
-            f"unknown callback {name!r}{_suggest(name, NAMES)}; valid callbacks: "
-            + ", ".join(NAMES),
-        )
-    return name
-
-
-def _typed(key: str, value: Any, kind: type[T], what: str) -> T:
-    # bool is an int subclass; a YAML `yes` must not pass as a number.
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise _fail(key, f"expected {what}, got {_show(value)}")
-    return value
-
-
-def _show(value: Any) -> str:
-    """A value as an error message quotes it. A huge whole number (YAML reads 400 digits as
-    one) is described instead: its digits would bury the message, and past 4300 of them
-    Python refuses to print it at all."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return "a whole number too large to use"
-    try:
-        text = repr(value)
-    except ValueError:  # a huge number inside a list or a map
-        return f"a {type(value).__name__} holding a number too large to print"
-    return text if len(text) <= 200 else f"{text[:200]}..."
-
-
-def _seconds(key: str, value: Any, most: float = MAX_TIMEOUT) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, f"expected a number of seconds, got {_show(value)}")
-    # Compared as written, never through float(): a huge int does not fit in one, and NaN
-    # fails both comparisons.
-    if not 0 < value <= most:
-        shown = _show(value) if isinstance(value, int) else str(value)
-        raise _fail(key, f"must be more than 0 and at most {most:g} seconds, got {shown}")
-    return float(value)
+def _seconds(key: str, value: Any) -> float:
+    return seconds(key, value, MAX_TIMEOUT)
 
 
 def _interval(value: Any) -> float:
@@ -198,63 +146,40 @@ def _interval(value: Any) -> float:
         return 0.0
     key = "health_interval"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, f"expected a number of seconds, or 0 to turn it off, got {_show(value)}")
+        raise fail(key, f"expected a number of seconds, or 0 to turn it off, got {show(value)}")
     # Compared as written (NaN fails it): a huge int does not fit in a float.
     if not 1 <= value <= 3600:
-        raise _fail(key, f"must be 0 (off) or from 1 to 3600 seconds, got {_show(value)}")
+        raise fail(key, f"must be 0 (off) or from 1 to 3600 seconds, got {show(value)}")
     return float(value)
-
-
-def _count(key: str, value: Any, minimum: int) -> int:
-    number = _typed(key, value, int, "a whole number")
-    if number < minimum:
-        raise _fail(key, f"must be at least {minimum}, got {_show(number)}")
-    return number
-
-
-def _callback_map(key: str, raw: Any, parse: Callable[[str, Any], T]) -> dict[str, T]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise _fail(key, f"expected a mapping of callback name to value, got {_show(raw)}")
-    return {
-        _callback_name(key, name): parse(f"{key}.{name}", value) for name, value in raw.items()
-    }
-
-
-def _bool(key: str, value: Any) -> bool:
-    return _typed(key, value, bool, "true or false")
 
 
 def _base_url(raw: Any) -> str:
     if raw is None:
-        raise _fail("base_url", "missing: set it to the antispam server's URL")
-    url = _typed("base_url", raw, str, "a URL string").strip()
+        raise fail("base_url", "missing: set it to the antispam server's URL")
+    url = typed("base_url", raw, str, "a URL string").strip()
     if not url.isprintable() or " " in url:
         # urlsplit quietly drops tabs and line breaks; the request line would not.
-        raise _fail("base_url", f"must not contain spaces or control characters, got {url!r}")
+        raise fail("base_url", f"must not contain spaces or control characters, got {url!r}")
     try:
         parts = urlsplit(url)
         hostname, username, password = parts.hostname, parts.username, parts.password
     except ValueError as e:  # an unclosed [IPv6 literal
-        raise _fail(
-            "base_url", f"expected an http:// or https:// URL, got {url!r} ({e})"
-        ) from None
+        raise fail("base_url", f"expected an http:// or https:// URL, got {url!r} ({e})") from None
     if parts.scheme not in ("http", "https") or not hostname:
-        raise _fail("base_url", f"expected an http:// or https:// URL, got {url!r}")
+        raise fail("base_url", f"expected an http:// or https:// URL, got {url!r}")
     # The raw characters, not the parsed parts: "http://h/?" has an empty query, but still one.
     if "?" in url or "#" in url:
-        raise _fail("base_url", "must not contain a query string or fragment")
+        raise fail("base_url", "must not contain a query string or fragment")
     if username is not None or password is not None:
         # Credentials in the URL would be logged with it, and are never sent: use a token.
-        raise _fail("base_url", "must not contain a user name or password; use authorization")
+        raise fail("base_url", "must not contain a user name or password; use authorization")
     port = _port_text(parts.netloc)
     # Checked by hand: what urlsplit's .port accepts ("+80", " 80", out-of-range numbers)
     # differs between Python releases, and every call to a port 0 or 99999 would fail.
     if port and not (
         len(port) <= 5 and port.isascii() and port.isdigit() and 0 < int(port) < 2**16
     ):
-        raise _fail("base_url", f"the port must be a number from 1 to 65535, got {port!r}")
+        raise fail("base_url", f"the port must be a number from 1 to 65535, got {port!r}")
     return url.rstrip("/")
 
 
@@ -270,7 +195,7 @@ def _token(raw: Mapping[str, Any]) -> str | None:
     if inline is not None:
         if not isinstance(inline, str):
             # Never echo the value: it is the secret (YAML reads an unquoted 1234 as a number).
-            raise _fail(
+            raise fail(
                 "authorization",
                 f"expected a string, got {_a(type(inline).__name__)}: put the secret in quotes "
                 '(authorization: "...") or use authorization_path',
@@ -279,26 +204,26 @@ def _token(raw: Mapping[str, Any]) -> str | None:
             # Not "no token": an admin who wrote the key meant to send one, and would learn
             # otherwise only from the server's 401s. A blank token is refused only when
             # empty: whitespace is a token like any other, sent as written (below).
-            raise _fail("authorization", "empty: remove the key to send no credentials")
+            raise fail("authorization", "empty: remove the key to send no credentials")
         # Sent byte for byte as written, as 0.5.x did: servers compare it exactly.
         token = inline
     elif raw.get("authorization_path") is not None:
-        path = _typed("authorization_path", raw["authorization_path"], str, "a file path")
+        path = typed("authorization_path", raw["authorization_path"], str, "a file path")
         try:
             with open(path, encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as e:
-            raise _fail("authorization_path", f"cannot read {path!r}: {e.strerror}") from None
+            raise fail("authorization_path", f"cannot read {path!r}: {e.strerror}") from None
         except UnicodeDecodeError:
-            raise _fail("authorization_path", f"{path!r} is not UTF-8 text") from None
+            raise fail("authorization_path", f"{path!r} is not UTF-8 text") from None
         except ValueError:  # a NUL in the path
-            raise _fail("authorization_path", f"{path!r} is not a file path") from None
+            raise fail("authorization_path", f"{path!r} is not a file path") from None
         if not token:
-            raise _fail("authorization_path", f"{path!r} is empty")
+            raise fail("authorization_path", f"{path!r} is empty")
     else:
         return None
     if any(c in token for c in "\r\n\0"):
-        raise _fail("authorization", "must not contain line breaks")
+        raise fail("authorization", "must not contain line breaks")
     return token or None
 
 
@@ -310,9 +235,9 @@ def _a(type_name: str) -> str:
 def _name(raw: Any) -> str | None:
     if raw is None:
         return None
-    name = _typed("name", raw, str, "a string").strip()
+    name = typed("name", raw, str, "a string").strip()
     if not name or len(name) > 64 or not name.isprintable():
-        raise _fail("name", f"expected 1 to 64 printable characters, got {_show(raw)}")
+        raise fail("name", f"expected 1 to 64 printable characters, got {show(raw)}")
     return name
 
 
@@ -320,8 +245,8 @@ def _enabled(raw: Any) -> frozenset[str] | None:
     if raw is None:
         return None
     if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
-        raise _fail("enabled_callbacks", f"expected a list of callback names, got {_show(raw)}")
-    return frozenset(_callback_name("enabled_callbacks", name) for name in raw)
+        raise fail("enabled_callbacks", f"expected a list of callback names, got {show(raw)}")
+    return frozenset(callback_name("enabled_callbacks", name) for name in raw)
 
 
 def _report_only(raw: Any) -> frozenset[str]:
@@ -330,32 +255,32 @@ def _report_only(raw: Any) -> frozenset[str]:
     if raw == "*" or (isinstance(raw, (list, tuple)) and list(raw) == ["*"]):
         return frozenset(NAMES)
     if isinstance(raw, str) and raw in CALLBACKS:
-        raise _fail(
+        raise fail(
             "report_only",
-            f'expected a list of callback names or "*", got {_show(raw)}: write [{raw}]',
+            f'expected a list of callback names or "*", got {show(raw)}: write [{raw}]',
         )
     if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
-        raise _fail("report_only", f'expected a list of callback names or "*", got {_show(raw)}')
+        raise fail("report_only", f'expected a list of callback names or "*", got {show(raw)}')
     if "*" in raw:
-        raise _fail("report_only", '"*" stands alone: it means every callback')
-    return frozenset(_callback_name("report_only", name) for name in raw)
+        raise fail("report_only", '"*" stands alone: it means every callback')
+    return frozenset(callback_name("report_only", name) for name in raw)
 
 
 def _breaker(raw: Any) -> BreakerConfig:
     if raw is None:
         return BreakerConfig()
     if not isinstance(raw, Mapping):
-        raise _fail("circuit_breaker", f"expected a mapping, got {_show(raw)}")
-    _check_keys(raw, BREAKER_KEYS, "circuit_breaker.")
+        raise fail("circuit_breaker", f"expected a mapping, got {show(raw)}")
+    check_keys(raw, BREAKER_KEYS, "circuit_breaker.")
     default = BreakerConfig()
     rate = raw.get("failure_rate", default.failure_rate)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-        raise _fail(
+        raise fail(
             "circuit_breaker.failure_rate",
-            f"expected a number above 0 and at most 1, got {_show(rate)}",
+            f"expected a number above 0 and at most 1, got {show(rate)}",
         )
     return BreakerConfig(
-        failure_threshold=_count(
+        failure_threshold=count(
             "circuit_breaker.failure_threshold",
             raw.get("failure_threshold", default.failure_threshold),
             0,
@@ -371,13 +296,13 @@ def _breaker(raw: Any) -> BreakerConfig:
 def _ca_file(raw: Any) -> str | None:
     if raw is None:
         return None
-    path = _typed("ca_file", raw, str, "a file path")
+    path = typed("ca_file", raw, str, "a file path")
     try:
         load_ca_certificates(path)
     except OSError as e:
-        raise _fail("ca_file", f"cannot read {path!r}: {e.strerror or e}") from None
+        raise fail("ca_file", f"cannot read {path!r}: {e.strerror or e}") from None
     except ValueError as e:
-        raise _fail("ca_file", f"{path!r} {e}") from None
+        raise fail("ca_file", f"{path!r} {e}") from None
     return path
 
 
@@ -390,60 +315,60 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise _fail("config", f"expected a mapping, got {_show(raw)}")
-    _check_keys(raw, KEYS, "")
+        raise fail("config", f"expected a mapping, got {show(raw)}")
+    check_keys(raw, KEYS, "")
     default = _DEFAULTS
     config = Config(
         base_url=_base_url(raw.get("base_url")),
         token=_token(raw),
         enabled_callbacks=_enabled(raw.get("enabled_callbacks")),
         background=frozenset(
-            name for name, on in _callback_map("async", raw.get("async"), _bool).items() if on
+            name for name, on in callback_map("async", raw.get("async"), boolean).items() if on
         ),
         report_only=_report_only(raw.get("report_only")),
-        fail_open=_callback_map("fail_open", raw.get("fail_open"), _bool),
-        do_ping=_bool("do_ping", raw.get("do_ping", False)),
+        fail_open=callback_map("fail_open", raw.get("fail_open"), boolean),
+        do_ping=boolean("do_ping", raw.get("do_ping", False)),
         health_interval=_interval(raw.get("health_interval", default.health_interval)),
         timeout=_seconds("timeout", raw.get("timeout", default.timeout)),
-        timeouts=_callback_map("timeouts", raw.get("timeouts"), _seconds),
-        max_request_bytes=_count(
+        timeouts=callback_map("timeouts", raw.get("timeouts"), _seconds),
+        max_request_bytes=count(
             "max_request_bytes", raw.get("max_request_bytes", default.max_request_bytes), 1024
         ),
-        max_response_bytes=_count(
+        max_response_bytes=count(
             "max_response_bytes", raw.get("max_response_bytes", default.max_response_bytes), 1024
         ),
-        max_concurrency=_count(
+        max_concurrency=count(
             "max_concurrency", raw.get("max_concurrency", default.max_concurrency), 1
         ),
-        max_pending=_count("max_pending", raw.get("max_pending", default.max_pending), 0),
-        max_background=_count(
+        max_pending=count("max_pending", raw.get("max_pending", default.max_pending), 0),
+        max_background=count(
             "max_background", raw.get("max_background", default.max_background), 0
         ),
         breaker=_breaker(raw.get("circuit_breaker")),
         ca_file=_ca_file(raw.get("ca_file")),
-        media_content_max_bytes=_count(
+        media_content_max_bytes=count(
             "media_content_max_bytes",
             raw.get("media_content_max_bytes", default.media_content_max_bytes),
             0,
         ),
         name=_name(raw.get("name")),
-        reuse_answers=_bool("reuse_answers", raw.get("reuse_answers", default.reuse_answers)),
-        reuse_max_seconds=_seconds(
+        reuse_answers=boolean("reuse_answers", raw.get("reuse_answers", default.reuse_answers)),
+        reuse_max_seconds=seconds(
             "reuse_max_seconds",
             raw.get("reuse_max_seconds", default.reuse_max_seconds),
             MAX_REUSE_SECONDS,
         ),
-        reuse_max_entries=_count(
+        reuse_max_entries=count(
             "reuse_max_entries", raw.get("reuse_max_entries", default.reuse_max_entries), 1
         ),
-        reuse_max_bytes=_count(
+        reuse_max_bytes=count(
             "reuse_max_bytes", raw.get("reuse_max_bytes", default.reuse_max_bytes), 64 * 1024
         ),
     )
     # Base64 grows content by 4/3; leave room for the metadata around it.
     needed = config.media_content_max_bytes * 4 // 3 + 4096
     if config.media_content_max_bytes and needed > config.max_request_bytes:
-        raise _fail(
+        raise fail(
             "media_content_max_bytes",
             f"needs max_request_bytes of at least {needed} to fit the encoded file",
         )
