@@ -66,6 +66,8 @@ class Callback:
     # module decides by looking at the running Synapse, never by this number).
     since: str
     summary: str
+    # The body's top-level fields, as the wire protocol names them (what `skip` rules match).
+    fields: tuple[str, ...] = ()
 
     @property
     def all_params(self) -> tuple[str, ...]:
@@ -80,7 +82,7 @@ class Callback:
         return payload
 
 
-_CLIENT_EVENT_DROP_KEYS = (
+CLIENT_EVENT_DROP_KEYS = (
     "auth_events",
     "prev_events",
     "hashes",
@@ -98,7 +100,7 @@ def event_to_json(event: Any) -> Payload:
     depend on which Synapse release is installed.
     """
     d = dict(event.get_dict())
-    for key in _CLIENT_EVENT_DROP_KEYS:
+    for key in CLIENT_EVENT_DROP_KEYS:
         d.pop(key, None)
     d["event_id"] = event.event_id
     return d
@@ -241,11 +243,12 @@ def _cb(
     *,
     since: str,
     summary: str,
+    fields: tuple[str, ...],
     optional: tuple[str, ...] = (),
     fail_open: bool = False,
     legacy: bool = False,
 ) -> Callback:
-    return Callback(name, params, optional, build, kind, fail_open, legacy, since, summary)
+    return Callback(name, params, optional, build, kind, fail_open, legacy, since, summary, fields)
 
 
 _GATE_INVITE = _fields("inviter", "invitee", "room_id")
@@ -261,6 +264,7 @@ CALLBACKS: Mapping[str, Callback] = {
             fail_open=True,
             legacy=True,
             since="1.37",
+            fields=("event",),
             summary="Every event a local user sends or a remote server delivers.",
         ),
         _cb(
@@ -270,6 +274,7 @@ CALLBACKS: Mapping[str, Callback] = {
             Kind.FLAG,
             fail_open=True,
             since="1.60",
+            fields=("event",),
             summary="Silently drop an event arriving over federation (no rejection sent).",
         ),
         _cb(
@@ -280,6 +285,7 @@ CALLBACKS: Mapping[str, Callback] = {
             ),
             Kind.GATE,
             since="1.45",
+            fields=("user", "room", "is_invited"),
             summary="A local user joins a room (not checked for server admins).",
         ),
         _cb(
@@ -289,6 +295,7 @@ CALLBACKS: Mapping[str, Callback] = {
             Kind.GATE,
             legacy=True,
             since="1.37",
+            fields=("inviter", "invitee", "room_id"),
             summary="A local user invites someone, or a remote user invites a local one.",
         ),
         _cb(
@@ -298,6 +305,7 @@ CALLBACKS: Mapping[str, Callback] = {
             Kind.GATE,
             legacy=True,
             since="1.134",
+            fields=("event",),
             summary="An invite from another server, with the whole invite event.",
         ),
         _cb(
@@ -306,6 +314,7 @@ CALLBACKS: Mapping[str, Callback] = {
             _fields("inviter", "medium", "address", "room_id"),
             Kind.GATE,
             since="1.45",
+            fields=("inviter", "medium", "address", "room_id"),
             summary="A local user invites an e-mail address or phone number.",
         ),
         _cb(
@@ -316,6 +325,7 @@ CALLBACKS: Mapping[str, Callback] = {
             optional=("room_config",),
             legacy=True,
             since="1.37",
+            fields=("user_id", "room_config"),
             summary="A local user creates or upgrades a room; room_config from Synapse 1.132.",
         ),
         _cb(
@@ -325,6 +335,7 @@ CALLBACKS: Mapping[str, Callback] = {
             Kind.GATE,
             legacy=True,
             since="1.37",
+            fields=("user_id", "room_alias"),
             summary="A local user creates a room alias.",
         ),
         _cb(
@@ -334,6 +345,7 @@ CALLBACKS: Mapping[str, Callback] = {
             Kind.GATE,
             legacy=True,
             since="1.37",
+            fields=("user_id", "room_id"),
             summary="A local user publishes a room in the room directory.",
         ),
         _cb(
@@ -342,6 +354,7 @@ CALLBACKS: Mapping[str, Callback] = {
             _fields("user_id", "room_id", "event_type", "state_key", "content"),
             Kind.STATE,
             since="1.132",
+            fields=("user_id", "room_id", "event_type", "state_key", "content"),
             summary="A local user sends a state event through the client API.",
         ),
         _cb(
@@ -353,6 +366,7 @@ CALLBACKS: Mapping[str, Callback] = {
             fail_open=True,
             legacy=True,
             since="1.37",
+            fields=("user_profile", "requester_id"),
             summary="Hide a user from user-directory search results; requester_id from 1.122.",
         ),
         _cb(
@@ -363,6 +377,7 @@ CALLBACKS: Mapping[str, Callback] = {
             optional=("auth_provider_id",),
             legacy=True,
             since="1.37",
+            fields=("email_threepid", "username", "request_info", "auth_provider_id"),
             summary="A new account registers: allow, deny, or allow and shadow-ban.",
         ),
         _cb(
@@ -373,6 +388,7 @@ CALLBACKS: Mapping[str, Callback] = {
             fail_open=True,
             legacy=True,
             since="1.37",
+            fields=("file_info", "size", "sha256", "content_base64"),
             summary="A file is uploaded or fetched from a remote server.",
         ),
         _cb(
@@ -382,6 +398,13 @@ CALLBACKS: Mapping[str, Callback] = {
             Kind.LOGIN,
             fail_open=True,
             since="1.87",
+            fields=(
+                "user_id",
+                "device_id",
+                "initial_display_name",
+                "request_info",
+                "auth_provider_id",
+            ),
             summary="A user logs in.",
         ),
         _cb(
@@ -390,10 +413,34 @@ CALLBACKS: Mapping[str, Callback] = {
             _fields("user", "room"),
             Kind.GATE,
             since="forks only",
+            fields=("user", "room"),
             summary="Custom restricted joins; only Synapse builds that define it register it.",
         ),
     )
 }
 
 NAMES: tuple[str, ...] = tuple(CALLBACKS)
+
+# Body fields that hold an object, and the paths beneath them a `skip` rule may name: "*" is
+# any path, "x.*" any path under x. An event is in client format (`event_to_json`): these are
+# the keys such an event can have at its top level; what its content and unsigned hold is up
+# to each event type and server.
+NESTED_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "event": (
+        "type",
+        "sender",
+        "room_id",
+        "state_key",
+        "event_id",
+        "origin_server_ts",
+        "redacts",
+        "content.*",
+        "unsigned.*",
+    ),
+    "room_config": ("*",),
+    "content": ("*",),
+    "user_profile": ("user_id", "display_name", "avatar_url"),
+    "email_threepid": ("medium", "address", "validated_at"),
+    "file_info": ("server_name", "file_id", "url_cache", "thumbnail.*"),
+}
 LEGACY_NAMES: tuple[str, ...] = tuple(cb.name for cb in CALLBACKS.values() if cb.legacy)

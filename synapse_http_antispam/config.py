@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from synapse_http_antispam.catalogue import CALLBACKS, NAMES, PayloadOptions
+from synapse_http_antispam.policy import SkipRule, parse_skip
 from synapse_http_antispam.values import (
     boolean,
     callback_map,
@@ -82,6 +83,8 @@ class Config:
     reuse_max_seconds: float = 300.0
     reuse_max_entries: int = 10_000
     reuse_max_bytes: int = 8 * 1024 * 1024
+    # Per callback, rules whose matching calls are allowed without a request (`policy`).
+    skip: Mapping[str, tuple[SkipRule, ...]] = attrs.field(factory=dict)
 
     @property
     def label(self) -> str:
@@ -132,6 +135,7 @@ KEYS = (
     "reuse_max_seconds",
     "reuse_max_entries",
     "reuse_max_bytes",
+    "skip",
 )
 BREAKER_KEYS = ("failure_threshold", "failure_rate", "window", "probe_interval")
 
@@ -364,6 +368,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
         reuse_max_bytes=count(
             "reuse_max_bytes", raw.get("reuse_max_bytes", default.reuse_max_bytes), 64 * 1024
         ),
+        skip=parse_skip(raw.get("skip")),
     )
     # Base64 grows content by 4/3; leave room for the metadata around it.
     needed = config.media_content_max_bytes * 4 // 3 + 4096

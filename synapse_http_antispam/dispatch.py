@@ -10,6 +10,7 @@ from synapse_http_antispam.catalogue import CALLBACKS, Callback
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import PrometheusObserver
+from synapse_http_antispam.policy import first_match
 from synapse_http_antispam.synapse_compat import (
     Capabilities,
     call_external,
@@ -17,7 +18,7 @@ from synapse_http_antispam.synapse_compat import (
     synapse_version_string,
     to_synapse,
 )
-from synapse_http_antispam.verdict import ALLOW, Failure, Verdict
+from synapse_http_antispam.verdict import ALLOW, SKIPPED, Failure, Verdict
 from synapse_http_antispam.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -27,14 +28,15 @@ class Dispatcher:
     def __init__(self, config: Config, caps: Capabilities, instance: str) -> None:
         self.config = config
         self.caps = caps
+        self._observer = PrometheusObserver(
+            config.label,
+            {name: config.timeout_for(name) for name in CALLBACKS if config.is_enabled(name)},
+        )
         self.forwarder = Forwarder(
             config,
             user_agent=f"synapse-http-antispam/{__version__} Synapse/{synapse_version_string()}",
             instance=instance,
-            observer=PrometheusObserver(
-                config.label,
-                {name: config.timeout_for(name) for name in CALLBACKS if config.is_enabled(name)},
-            ),
+            observer=self._observer,
         )
         self.log = self.forwarder.log
         self._options = config.payload_options
@@ -69,6 +71,14 @@ class Dispatcher:
         except Exception:
             self.log.exception("Antispam %s: could not build the request", name)
             return self.forwarder.unsent(name, Failure.INTERNAL)
+        rules = self.config.skip.get(name)
+        if rules:
+            number = first_match(rules, payload)
+            if number is not None:
+                # Counted, so that a server that saw nothing never leaves an admin guessing.
+                self.log.debug("Antispam %s skipped without a request: skip rule %d", name, number)
+                self._observer.decided(name, SKIPPED)
+                return SKIPPED
         if name in self.config.background:
             with outside_log_context():
                 return self.forwarder.background(name, spec.kind, payload)

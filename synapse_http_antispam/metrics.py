@@ -66,7 +66,7 @@ def _create() -> dict[str, Any] | None:
         "decisions": Counter(
             f"{prefix}_decisions_total",
             "Spam-checker decisions by callback and outcome (allowed, rejected, failed_open, "
-            "failed_closed, background, not_implemented; not enforced: would_reject, "
+            "failed_closed, background, not_implemented, skipped; not enforced: would_reject, "
             "would_fail_closed)",
             ["server", "callback", "outcome"],
         ),

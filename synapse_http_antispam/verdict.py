@@ -24,6 +24,8 @@ class Outcome(enum.Enum):
     # failure whose policy lets the action through stays FAILED_OPEN, which is what happened.
     WOULD_REJECT = "would_reject"
     WOULD_FAIL_CLOSED = "would_fail_closed"
+    # A `skip` rule matched the call: allowed without asking the antispam server.
+    SKIPPED = "skipped"
 
 
 # What web frameworks answer for a route they do not have (and what a wrong base_url gets).
@@ -119,11 +121,13 @@ _ALLOWING = frozenset(
         Outcome.NOT_IMPLEMENTED,
         Outcome.WOULD_REJECT,
         Outcome.WOULD_FAIL_CLOSED,
+        Outcome.SKIPPED,
     }
 )
 ALLOW = Verdict(Outcome.ALLOWED)
 BACKGROUND = Verdict(Outcome.BACKGROUND)
 NOT_IMPLEMENTED = Verdict(Outcome.NOT_IMPLEMENTED)
+SKIPPED = Verdict(Outcome.SKIPPED)
 
 
 def rejection(body: Mapping[str, Any]) -> Verdict:

@@ -109,6 +109,11 @@ def _instance(out: list[str], paint: _Paint, instance: Instance, several: bool) 
         out += ["", paint(error, "red")]
     if instance.rows:
         _rows(out, paint, instance.rows)
+        skips = [
+            f"{row.callback}: {rule.describe()}" for row in instance.rows for rule in row.skip
+        ]
+        # Calls these rules match never reach the server: say so where its answers are shown.
+        _items(out, paint, "Allowed without a request (skip)", skips, "dim")
     _items(out, paint, "Problems", instance.problems, "red")
     _items(out, paint, "Warnings", instance.warnings, "yellow")
     if several:

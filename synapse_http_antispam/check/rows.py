@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from synapse_http_antispam.config import Config
+from synapse_http_antispam.policy import SkipRule
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 
 _FAILURE_TEXT: Mapping[str, str] = {
@@ -101,6 +102,8 @@ class Row:
     failure: str | None = None
     # For a failure with an HTTP answer: the server's own error text.
     detail: str = ""
+    # The `skip` rules: calls matching one are allowed without a request.
+    skip: tuple[SkipRule, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -147,6 +150,7 @@ class Row:
             "fail_open": self.fail_open,
             "async": self.background,
             "report_only": self.report_only,
+            "skip": [{f.path: list(f.globs) for f in rule.fields} for rule in self.skip],
         }
 
 
@@ -197,6 +201,7 @@ def row_for(
         message=verdict.message if verdict is not None and rejected else None,
         failure=(failure or Failure.INTERNAL).value if status == "failure" else None,
         detail=verdict.detail if verdict is not None and status == "failure" else "",
+        skip=config.skip.get(name, ()),
     )
 
 
