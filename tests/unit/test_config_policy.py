@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synapse_http_antispam import HTTPAntispam
 from synapse_http_antispam.catalogue import CALLBACKS, NESTED_FIELDS, PayloadOptions
@@ -20,6 +22,7 @@ from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.policy import field_paths, first_match
 from synapse_http_antispam.synapse_compat import ConfigError
 from tests.support.antispam_server import AntispamServer, reject
+from tests.unit.test_config_rules import YAML_VALUES, parses_or_names
 
 URL = "http://127.0.0.1:8080"
 PREFIX = "synapse_http_antispam: "
@@ -415,3 +418,21 @@ async def test_the_legacy_door_skips_too(server: AntispamServer) -> None:
     value = await checker.user_may_invite("@a:test", "@b:test", "!r:test")  # type: ignore[attr-defined]
     assert is_allow("user_may_invite", value)
     assert server.requests_for("user_may_invite") == []
+
+
+_PATHS = st.sampled_from(
+    [*(p.replace("<key>", "k") for n in CALLBACKS for p in field_paths(n)), "event", "x.y", ""]
+)
+
+# Anything YAML may key a map with.
+KEYS_TOO = st.none() | st.booleans() | st.integers() | st.text()
+
+
+@settings(max_examples=300)
+@given(
+    name=st.sampled_from(list(CALLBACKS)),
+    written=st.lists(st.dictionaries(_PATHS | KEYS_TOO, YAML_VALUES, max_size=3), max_size=3)
+    | YAML_VALUES,
+)
+def test_any_rules_are_a_config_or_an_error_naming_skip(name: str, written: Any) -> None:
+    parses_or_names("skip", {"base_url": URL, "skip": {name: written}})

@@ -723,7 +723,7 @@ def test_any_base_url_is_a_config_or_an_error_naming_it(scheme: str, rest: str) 
 
 @settings(max_examples=100)
 @given(
-    key=st.sampled_from(["async", "fail_open", "timeouts", "circuit_breaker"]),
+    key=st.sampled_from(["async", "fail_open", "timeouts", "circuit_breaker", "skip"]),
     value=st.dictionaries(_NAMES_AND_KEYS, YAML_VALUES, max_size=3),
 )
 def test_any_map_under_a_map_key_is_a_config_or_an_error_naming_it(
