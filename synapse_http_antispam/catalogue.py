@@ -19,6 +19,9 @@ Payload = dict[str, Any]
 # Builds the JSON body from the arguments Synapse passed, by parameter name. Most builders are
 # pure; the media one reads the uploaded file, hence the awaitable.
 PayloadBuilder = Callable[[Mapping[str, Any], "PayloadOptions"], "Payload | Awaitable[Payload]"]
+# Whether a call's body shows it comes from this homeserver (its server_name given), for the
+# callbacks where local and remote actions are told apart (`fail_open: {local, remote}`).
+IsLocal = Callable[[Mapping[str, Any], str], bool]
 
 
 class Kind(enum.Enum):
@@ -68,6 +71,8 @@ class Callback:
     summary: str
     # The body's top-level fields, as the wire protocol names them (what `skip` rules match).
     fields: tuple[str, ...] = ()
+    # For callbacks whose action has a clear origin: whether it is this homeserver.
+    is_local: IsLocal | None = None
 
     @property
     def all_params(self) -> tuple[str, ...]:
@@ -247,8 +252,38 @@ def _cb(
     optional: tuple[str, ...] = (),
     fail_open: bool = False,
     legacy: bool = False,
+    is_local: IsLocal | None = None,
 ) -> Callback:
-    return Callback(name, params, optional, build, kind, fail_open, legacy, since, summary, fields)
+    return Callback(
+        name, params, optional, build, kind, fail_open, legacy, since, summary, fields, is_local
+    )
+
+
+def _server_of(user_id: Any) -> str | None:
+    """The server name in a user ID (`@local:server`), or None for anything else."""
+    if not isinstance(user_id, str) or not user_id.startswith("@") or ":" not in user_id:
+        return None
+    return user_id.partition(":")[2]
+
+
+def _sender_is_local(body: Mapping[str, Any], server_name: str) -> bool:
+    event = body.get("event")
+    return isinstance(event, Mapping) and _server_of(event.get("sender")) == server_name
+
+
+def _inviter_is_local(body: Mapping[str, Any], server_name: str) -> bool:
+    return _server_of(body.get("inviter")) == server_name
+
+
+def _uploaded_here(body: Mapping[str, Any], server_name: str) -> bool:
+    # Synapse stores a local upload with no server_name; a URL preview's file has none either,
+    # but it comes from elsewhere on the web (url_cache), so only an upload counts as local.
+    info = body.get("file_info")
+    return (
+        isinstance(info, Mapping)
+        and not info.get("url_cache")
+        and info.get("server_name") in (None, server_name)
+    )
 
 
 _GATE_INVITE = _fields("inviter", "invitee", "room_id")
@@ -265,6 +300,7 @@ CALLBACKS: Mapping[str, Callback] = {
             legacy=True,
             since="1.37",
             fields=("event",),
+            is_local=_sender_is_local,
             summary="Every event a local user sends or a remote server delivers.",
         ),
         _cb(
@@ -296,6 +332,7 @@ CALLBACKS: Mapping[str, Callback] = {
             legacy=True,
             since="1.37",
             fields=("inviter", "invitee", "room_id"),
+            is_local=_inviter_is_local,
             summary="A local user invites someone, or a remote user invites a local one.",
         ),
         _cb(
@@ -389,6 +426,7 @@ CALLBACKS: Mapping[str, Callback] = {
             legacy=True,
             since="1.37",
             fields=("file_info", "size", "sha256", "content_base64"),
+            is_local=_uploaded_here,
             summary="A file is uploaded or fetched from a remote server.",
         ),
         _cb(

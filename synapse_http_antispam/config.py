@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from synapse_http_antispam.catalogue import CALLBACKS, NAMES, PayloadOptions
-from synapse_http_antispam.policy import SkipRule, parse_skip
+from synapse_http_antispam.policy import ByOrigin, SkipRule, parse_fail_open_map, parse_skip
 from synapse_http_antispam.values import (
     boolean,
     callback_map,
@@ -61,7 +61,8 @@ class Config:
     background: frozenset[str] = frozenset()
     # Forwarded and waited for, but never enforced: every action is allowed, refusals logged.
     report_only: frozenset[str] = frozenset()
-    fail_open: Mapping[str, bool] = attrs.field(factory=dict)
+    # true / false, or ByOrigin for callbacks that tell local from remote (`policy`).
+    fail_open: Mapping[str, bool | ByOrigin] = attrs.field(factory=dict)
     do_ping: bool = False
     # A ping this often (seconds) whatever the traffic, for the `server_up` gauge; 0: none.
     health_interval: float = 15.0
@@ -99,8 +100,11 @@ class Config:
         not for `report_only` callbacks, nor for `async` ones, which are allowed at once."""
         return name not in self.report_only and name not in self.background
 
-    def fails_open(self, name: str) -> bool:
-        return self.fail_open.get(name, CALLBACKS[name].fail_open)
+    def fails_open(self, name: str, local: bool | None = None) -> bool:
+        """The failure policy for a call; `local`: whether it comes from this homeserver
+        (None where that is unknown, which a policy by origin counts as remote)."""
+        policy = self.fail_open.get(name, CALLBACKS[name].fail_open)
+        return policy.for_call(local) if isinstance(policy, ByOrigin) else policy
 
     def timeout_for(self, name: str) -> float:
         return self.timeouts.get(name, DEFAULT_TIMEOUTS.get(name, self.timeout))
@@ -330,7 +334,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
             name for name, on in callback_map("async", raw.get("async"), boolean).items() if on
         ),
         report_only=_report_only(raw.get("report_only")),
-        fail_open=callback_map("fail_open", raw.get("fail_open"), boolean),
+        fail_open=parse_fail_open_map(raw.get("fail_open")),
         do_ping=boolean("do_ping", raw.get("do_ping", False)),
         health_interval=_interval(raw.get("health_interval", default.health_interval)),
         timeout=_seconds("timeout", raw.get("timeout", default.timeout)),

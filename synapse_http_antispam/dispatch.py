@@ -10,7 +10,7 @@ from synapse_http_antispam.catalogue import CALLBACKS, Callback
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import PrometheusObserver
-from synapse_http_antispam.policy import first_match
+from synapse_http_antispam.policy import ByOrigin, first_match
 from synapse_http_antispam.synapse_compat import (
     Capabilities,
     call_external,
@@ -25,9 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, config: Config, caps: Capabilities, instance: str) -> None:
+    def __init__(
+        self, config: Config, caps: Capabilities, instance: str, server_name: str | None = None
+    ) -> None:
         self.config = config
         self.caps = caps
+        # This homeserver's server_name: what makes a call local for `fail_open` by origin.
+        self.server_name = server_name
         self._observer = PrometheusObserver(
             config.label,
             {name: config.timeout_for(name) for name in CALLBACKS if config.is_enabled(name)},
@@ -40,6 +44,13 @@ class Dispatcher:
         )
         self.log = self.forwarder.log
         self._options = config.payload_options
+        by_origin = sorted(n for n, p in config.fail_open.items() if isinstance(p, ByOrigin))
+        if by_origin and server_name is None:
+            self.log.warning(
+                "This Synapse does not tell its server_name to modules: fail_open by origin "
+                "counts every call as remote for %s",
+                ", ".join(by_origin),
+            )
 
     def announce_report_only(self, registered: Iterable[str]) -> None:
         """One INFO line at startup naming the callbacks in report-only mode, if any."""
@@ -79,16 +90,28 @@ class Dispatcher:
                 self.log.debug("Antispam %s skipped without a request: skip rule %d", name, number)
                 self._observer.decided(name, SKIPPED)
                 return SKIPPED
+        fail_open = self.config.fails_open(name, self._is_local(spec, payload))
         if name in self.config.background:
             with outside_log_context():
-                return self.forwarder.background(name, spec.kind, payload)
+                return self.forwarder.background(name, spec.kind, payload, fail_open)
         verdict = await call_external(
             self.forwarder.check(
-                name, spec.kind, payload, report=False, enforce=self.config.enforces(name)
+                name,
+                spec.kind,
+                payload,
+                report=False,
+                enforce=self.config.enforces(name),
+                fail_open=fail_open,
             )
         )
         self.forwarder.report(name, verdict)  # back in the request's log context
         return verdict
+
+    def _is_local(self, spec: Callback, payload: Mapping[str, Any]) -> bool | None:
+        """Whether the call comes from this homeserver; None where that cannot be told."""
+        if spec.is_local is None or self.server_name is None:
+            return None
+        return spec.is_local(payload, self.server_name)
 
 
 def make_callback(

@@ -145,6 +145,7 @@ class Forwarder:
         report: bool = True,
         enforce: bool = True,
         store: bool = True,
+        fail_open: bool | None = None,
     ) -> Verdict:
         """The verdict for one callback call. Never raises, but passes a cancellation on.
 
@@ -153,21 +154,24 @@ class Forwarder:
         enforce=False (`report_only`, `async`) the verdict is its `unenforced` twin, counted
         and logged as such, never as an enforced rejection. An identical call in flight, or an
         answer the server allowed to be reused (store=True), answers it without a request of
-        its own (`reuse`).
+        its own (`reuse`). fail_open: this call's failure policy where the caller knows it
+        (`fail_open` by origin), else the callback's.
         """
         if self.known_unimplemented(name):
             return self.skip_unimplemented(name)
         start = self._reactor.seconds()
         how = None
+        policy = self._config.fails_open(name) if fail_open is None else fail_open
         try:
             body = encode(payload)
-            decide = lambda: self._decide(name, kind, body)  # noqa: E731
+            # Identical bodies share one decision: same origin, so the same policy.
+            decide = lambda: self._decide(name, kind, body, policy)  # noqa: E731
             shared, how = await self.reuse.answer(name, body, decide, store=store)
         except CancelledError:
             raise  # Synapse (or a caller) gave up on this check: not a verdict to report
         except Exception:
             self.log.exception("Antispam check %s failed inside the module", name)
-            verdict = failed(Failure.INTERNAL, self._config.fails_open(name))
+            verdict = failed(Failure.INTERNAL, policy)
             shared = Shared(verdict, None, self._next_request_id())
         verdict = shared.verdict_for(self._reactor.seconds() - start)
         if not enforce:
@@ -179,14 +183,14 @@ class Forwarder:
             self.report(name, verdict)
         return verdict
 
-    async def _decide(self, name: str, kind: Kind, body: bytes) -> Shared:
+    async def _decide(self, name: str, kind: Kind, body: bytes, fail_open: bool) -> Shared:
         """One call to the server, as a result every identical call may share. A failure is a
         result too; an exception inside the module reaches every sharer (each logs it)."""
         request_id = self._next_request_id()
         try:
             verdict, status, max_age = await self._check(name, kind, body, request_id)
         except CallFailed as e:
-            verdict = failed(e.failure, self._config.fails_open(name))
+            verdict = failed(e.failure, fail_open)
             return Shared(attrs.evolve(verdict, detail=e.detail), e.status, request_id)
         return Shared(verdict, status, request_id, max_age)
 
@@ -222,7 +226,9 @@ class Forwarder:
 
     # ---- background (`async:`) callbacks --------------------------------------------------
 
-    def background(self, name: str, kind: Kind, payload: Mapping[str, Any]) -> Verdict:
+    def background(
+        self, name: str, kind: Kind, payload: Mapping[str, Any], fail_open: bool | None = None
+    ) -> Verdict:
         """Allow at once and check in the background, within the max_background bound."""
         if self.background_running >= self._config.max_background or self._closed:
             # Allowed and never checked: the one decision `background` counts.
@@ -239,7 +245,7 @@ class Forwarder:
 
         # The action went through already: the answer is recorded, never enforced, and not
         # stored (a server that only watches sees every call).
-        task = self.check(name, kind, payload, enforce=False, store=False)
+        task = self.check(name, kind, payload, enforce=False, store=False, fail_open=fail_open)
         defer.ensureDeferred(task).addBoth(done)
         return BACKGROUND
 

@@ -14,7 +14,12 @@ from typing import Any
 from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
 from synapse_http_antispam.config import Config, parse_config
 from synapse_http_antispam.dispatch import Dispatcher, make_callback
-from synapse_http_antispam.synapse_compat import instance_name, registrable_callbacks, sniff
+from synapse_http_antispam.synapse_compat import (
+    homeserver_name,
+    instance_name,
+    registrable_callbacks,
+    sniff,
+)
 
 
 class LegacyHTTPAntispam:
@@ -25,7 +30,9 @@ class LegacyHTTPAntispam:
     def __init__(self, config: Config | Mapping[str, Any] | None, api: Any = None) -> None:
         if not isinstance(config, Config):
             config = parse_config(config)
-        self._dispatcher = Dispatcher(config, sniff(), instance_name(api))
+        self._dispatcher = Dispatcher(
+            config, sniff(), instance_name(api), server_name=homeserver_name(api)
+        )
         accepted = registrable_callbacks(api)
         if accepted:
             # Synapse 1.37+ registers only the methods it finds, so hide disabled ones. Older

@@ -10,6 +10,7 @@ from synapse_http_antispam.config import Config, parse_config
 from synapse_http_antispam.dispatch import Dispatcher, make_callback
 from synapse_http_antispam.synapse_compat import (
     describe,
+    homeserver_name,
     instance_name,
     registrable_callbacks,
     sniff,
@@ -26,7 +27,9 @@ class HTTPAntispam:
     def __init__(self, config: Config | Mapping[str, Any] | None, api: Any) -> None:
         if not isinstance(config, Config):
             config = parse_config(config)
-        self._dispatcher = Dispatcher(config, sniff(), instance_name(api))
+        self._dispatcher = Dispatcher(
+            config, sniff(), instance_name(api), server_name=homeserver_name(api)
+        )
         accepted = registrable_callbacks(api)
         callbacks: dict[str, Callable[..., Any]] = {}
         for spec in CALLBACKS.values():

@@ -1,4 +1,5 @@
-"""Local policy an admin sets before the antispam server is asked: calls to `skip`.
+"""Local policy an admin sets around the antispam server: calls to `skip`, and a failure policy
+that tells local from remote actions (`fail_open: {local, remote}`).
 
 A `skip` rule names fields of the request body as the wire protocol names them (`inviter`,
 `event.type`, `event.content.msgtype`) and a glob or a list of globs for each; a call whose
@@ -18,7 +19,7 @@ from typing import Any
 import attrs
 
 from synapse_http_antispam.catalogue import CALLBACKS, CLIENT_EVENT_DROP_KEYS, NESTED_FIELDS
-from synapse_http_antispam.values import callback_map, fail, show, suggest
+from synapse_http_antispam.values import callback_map, check_keys, fail, show, suggest, typed
 
 # Fields a rule may not name, and why: matching them would mean nothing, or cost too much.
 _UNMATCHABLE = {
@@ -211,3 +212,55 @@ def _beneath(allowed: str, path: str) -> bool:
 def _example(head: str) -> str:
     first = NESTED_FIELDS[head][0]
     return f"{head}.{first.replace('*', 'key')}" if first != "*" else f"{head}.<key>"
+
+
+# --- fail_open by origin -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class ByOrigin:
+    """`fail_open: {local: ..., remote: ...}`: one failure policy for actions from this
+    homeserver's users, another for those from elsewhere."""
+
+    local: bool
+    remote: bool
+
+    def for_call(self, local: bool | None) -> bool:
+        # A call whose origin cannot be read is not known to be local: remote.
+        return self.local if local else self.remote
+
+
+ORIGIN_KEYS = ("local", "remote")
+
+
+def by_origin_names() -> tuple[str, ...]:
+    """The callbacks whose calls tell local from remote, in catalogue order."""
+    return tuple(name for name, spec in CALLBACKS.items() if spec.is_local is not None)
+
+
+def parse_fail_open(key: str, raw: Any) -> bool | ByOrigin:
+    """true / false, or for a callback with a clear origin {local: bool, remote: bool}."""
+    name = key.split(".", 1)[1]
+    if not isinstance(raw, Mapping):
+        if isinstance(raw, bool):
+            return raw
+        origin = " or {local: true/false, remote: true/false}" if name in by_origin_names() else ""
+        raise fail(key, f"expected true or false{origin}, got {show(raw)}")
+    if name not in by_origin_names():
+        raise fail(
+            key,
+            "only true or false: local and remote are told apart only for "
+            + ", ".join(by_origin_names()),
+        )
+    check_keys(raw, ORIGIN_KEYS, f"{key}.")
+    for side in ORIGIN_KEYS:
+        if side not in raw:
+            raise fail(key, f"missing {side}: write {{local: true/false, remote: true/false}}")
+    local, remote = (
+        typed(f"{key}.{side}", raw[side], bool, "true or false") for side in ORIGIN_KEYS
+    )
+    return ByOrigin(local=local, remote=remote)
+
+
+def parse_fail_open_map(raw: Any) -> dict[str, bool | ByOrigin]:
+    return callback_map("fail_open", raw, parse_fail_open)

@@ -270,6 +270,21 @@ def instance_name(api: Any) -> str:
     return str(name) if name else "master"
 
 
+def homeserver_name(api: Any) -> str | None:
+    """This homeserver's server_name, or None where Synapse does not show it.
+
+    ModuleApi.server_name exists from Synapse 1.53; before, only the private `_hs.hostname`
+    (1.25+) has it, which is what that property returns.
+    """
+    for name in (
+        getattr(api, "server_name", None),
+        getattr(getattr(api, "_hs", None), "hostname", None),
+    ):
+        if isinstance(name, str) and name:
+            return name
+    return None
+
+
 def describe(caps: Capabilities, registered: Mapping[str, Any] | None = None) -> str:
     parts = [f"Synapse {caps.version_string}"]
     parts.append("NOT_SPAM/Codes" if caps.gates_take_codes else "bool results")

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from synapse_http_antispam.config import Config
-from synapse_http_antispam.policy import SkipRule
+from synapse_http_antispam.policy import ByOrigin, SkipRule
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 
 _FAILURE_TEXT: Mapping[str, str] = {
@@ -104,6 +104,8 @@ class Row:
     detail: str = ""
     # The `skip` rules: calls matching one are allowed without a request.
     skip: tuple[SkipRule, ...] = ()
+    # `fail_open: {local, remote}`: the policy told apart by where the action comes from.
+    by_origin: ByOrigin | None = None
 
     @property
     def endpoint(self) -> str:
@@ -126,6 +128,9 @@ class Row:
             return "async (always allowed)"
         if self.report_only:
             return "report only (always allowed)"
+        if self.by_origin is not None:
+            words = {True: "fail open", False: "fail closed"}
+            return f"local: {words[self.by_origin.local]}, remote: {words[self.by_origin.remote]}"
         return "fail open" if self.fail_open else "fail closed"
 
     @property
@@ -147,7 +152,9 @@ class Row:
             "seconds": None if self.seconds is None else round(self.seconds, 4),
             "timeout": self.timeout,
             "slow": self.slow,
-            "fail_open": self.fail_open,
+            "fail_open": self.fail_open
+            if self.by_origin is None
+            else {"local": self.by_origin.local, "remote": self.by_origin.remote},
             "async": self.background,
             "report_only": self.report_only,
             "skip": [{f.path: list(f.globs) for f in rule.fields} for rule in self.skip],
@@ -187,6 +194,7 @@ def row_for(
         status, answer = _answer(name, config, verdict)
     rejected = verdict is not None and verdict.outcome is Outcome.REJECTED
     failure = verdict.failure if verdict is not None and status == "failure" else None
+    policy = config.fail_open.get(name)
     return Row(
         callback=name,
         status=status,
@@ -202,6 +210,7 @@ def row_for(
         failure=(failure or Failure.INTERNAL).value if status == "failure" else None,
         detail=verdict.detail if verdict is not None and status == "failure" else "",
         skip=config.skip.get(name, ()),
+        by_origin=policy if isinstance(policy, ByOrigin) else None,
     )
 
 

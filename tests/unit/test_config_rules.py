@@ -288,7 +288,9 @@ def test_callback_maps() -> None:
         (
             "fail_open",
             {"user_may_invite": 1},
-            "fail_open.user_may_invite: expected true or false, got 1",
+            # user_may_invite tells local from remote inviters, so the other form is named too.
+            "fail_open.user_may_invite: expected true or false or {local: true/false, remote: "
+            "true/false}, got 1",
         ),
         (
             "timeouts",
