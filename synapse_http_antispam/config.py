@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from synapse_http_antispam.catalogue import CALLBACKS, NAMES, PayloadOptions
+from synapse_http_antispam.credentials import TokenProblem, has_line_break, read_token
 from synapse_http_antispam.policy import ByOrigin, SkipRule, parse_fail_open_map, parse_skip
 from synapse_http_antispam.values import (
     boolean,
@@ -57,6 +58,8 @@ class Config:
     base_url: str
     # repr=False: the bearer token must never reach a log line through a repr.
     token: str | None = attrs.field(default=None, repr=False)
+    # Where the token came from, when from authorization_path: read again as it is rotated.
+    token_path: str | None = None
     enabled_callbacks: frozenset[str] | None = None
     background: frozenset[str] = frozenset()
     # Forwarded and waited for, but never enforced: every action is allowed, refusals logged.
@@ -198,8 +201,10 @@ def _port_text(netloc: str) -> str:
     return (after if bracket else host).partition(":")[2]
 
 
-def _token(raw: Mapping[str, Any]) -> str | None:
+def _token(raw: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The token, and the file it came from (watched for rotation), if any."""
     inline = raw.get("authorization")
+    path = None
     if inline is not None:
         if not isinstance(inline, str):
             # Never echo the value: it is the secret (YAML reads an unquoted 1234 as a number).
@@ -218,21 +223,14 @@ def _token(raw: Mapping[str, Any]) -> str | None:
     elif raw.get("authorization_path") is not None:
         path = typed("authorization_path", raw["authorization_path"], str, "a file path")
         try:
-            with open(path, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise fail("authorization_path", f"cannot read {path!r}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise fail("authorization_path", f"{path!r} is not UTF-8 text") from None
-        except ValueError:  # a NUL in the path
-            raise fail("authorization_path", f"{path!r} is not a file path") from None
-        if not token:
-            raise fail("authorization_path", f"{path!r} is empty")
+            token = read_token(path)
+        except TokenProblem as problem:
+            raise fail("authorization_path", str(problem)) from None
     else:
-        return None
-    if any(c in token for c in "\r\n\0"):
+        return None, None
+    if has_line_break(token):
         raise fail("authorization", "must not contain line breaks")
-    return token or None
+    return token, path
 
 
 def _a(type_name: str) -> str:
@@ -326,9 +324,11 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
         raise fail("config", f"expected a mapping, got {show(raw)}")
     check_keys(raw, KEYS, "")
     default = _DEFAULTS
+    token, token_path = _token(raw)
     config = Config(
         base_url=_base_url(raw.get("base_url")),
-        token=_token(raw),
+        token=token,
+        token_path=token_path,
         enabled_callbacks=_enabled(raw.get("enabled_callbacks")),
         background=frozenset(
             name for name, on in callback_map("async", raw.get("async"), boolean).items() if on

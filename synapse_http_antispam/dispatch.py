@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from synapse_http_antispam.catalogue import CALLBACKS, Callback
 from synapse_http_antispam.config import Config
+from synapse_http_antispam.credentials import RefusalWatch, TokenFile
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import PrometheusObserver
 from synapse_http_antispam.policy import ByOrigin, first_match
@@ -36,13 +37,23 @@ class Dispatcher:
             config.label,
             {name: config.timeout_for(name) for name in CALLBACKS if config.is_enabled(name)},
         )
+        self.token_file: TokenFile | None = None
         self.forwarder = Forwarder(
             config,
             user_agent=f"synapse-http-antispam/{__version__} Synapse/{synapse_version_string()}",
             instance=instance,
-            observer=self._observer,
+            observer=RefusalWatch(self._observer, self._token_refused)
+            if config.token_path is not None
+            else self._observer,
         )
         self.log = self.forwarder.log
+        if config.token_path is not None and config.token is not None:
+            from twisted.internet import reactor
+
+            self.token_file = TokenFile(
+                config.token_path, config.token, reactor, self.forwarder.use_token, self.log
+            )
+            self.token_file.start()
         self._options = config.payload_options
         by_origin = sorted(n for n, p in config.fail_open.items() if isinstance(p, ByOrigin))
         if by_origin and server_name is None:
@@ -51,6 +62,10 @@ class Dispatcher:
                 "counts every call as remote for %s",
                 ", ".join(by_origin),
             )
+
+    def _token_refused(self) -> None:
+        if self.token_file is not None:
+            self.token_file.refused()
 
     def announce_report_only(self, registered: Iterable[str]) -> None:
         """One INFO line at startup naming the callbacks in report-only mode, if any."""

@@ -112,6 +112,10 @@ class Forwarder:
         )
         self._closed = False
 
+    def use_token(self, token: str) -> None:
+        """Send this bearer token from the next request on (`authorization_path` rotated)."""
+        self._wire.set_header("Authorization", f"Bearer {token}")
+
     def _next_request_id(self) -> str:
         self._request_count += 1
         return f"{self._request_prefix}-{self._request_count}"

@@ -321,6 +321,10 @@ class Wire:
         )
         self._http = HTTPClient(agent)
 
+    def set_header(self, name: str, value: str) -> None:
+        """Send this header value from the next request on (a rotated token)."""
+        self._headers[name] = [value]
+
     async def post(
         self, name: str, body: bytes, request_id: str, body_needed: Callable[[int], bool]
     ) -> Answer:
