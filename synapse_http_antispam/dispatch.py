@@ -67,13 +67,25 @@ class Dispatcher:
         if self.token_file is not None:
             self.token_file.refused()
 
-    def announce_report_only(self, registered: Iterable[str]) -> None:
-        """One INFO line at startup naming the callbacks in report-only mode, if any."""
-        wanted = self.config.report_only & set(registered)
-        names = [name for name in CALLBACKS if name in wanted]
+    def announce_policy(self, registered: Iterable[str]) -> None:
+        """At startup, one INFO line naming the callbacks in report-only mode, and one naming
+        those with `skip` rules, if any: an admin wondering why the server saw nothing, or
+        refused nothing, finds the reason in the log."""
+        registered = set(registered)
+        names = [name for name in CALLBACKS if name in self.config.report_only & registered]
         if names:
             self.log.info(
                 "Report-only mode (answers recorded, never enforced) for: %s", ", ".join(names)
+            )
+        skip = self.config.skip
+        skips = [
+            f"{name} ({len(skip[name])} {'rule' if len(skip[name]) == 1 else 'rules'})"
+            for name in CALLBACKS
+            if name in skip and name in registered
+        ]
+        if skips:
+            self.log.info(
+                "Calls matching a skip rule are allowed unasked for: %s", ", ".join(skips)
             )
 
     async def answer(self, spec: Callback, args: Mapping[str, Any]) -> Any:

@@ -49,7 +49,7 @@ class LegacyHTTPAntispam:
                     "release; skipped (list the module under modules: to use it)",
                     name,
                 )
-        self._dispatcher.announce_report_only(
+        self._dispatcher.announce_policy(
             name
             for name in LEGACY_NAMES
             if config.is_enabled(name) and (not accepted or name in accepted)

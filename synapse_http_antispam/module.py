@@ -51,7 +51,7 @@ class HTTPAntispam:
             config.base_url,
             describe(self._dispatcher.caps, callbacks),
         )
-        self._dispatcher.announce_report_only(callbacks)
+        self._dispatcher.announce_policy(callbacks)
         if config.do_ping:
             self._dispatcher.forwarder.start_ping()
         self._dispatcher.forwarder.start_health()

@@ -309,6 +309,9 @@ async def test_a_skipped_call_never_reaches_the_server_and_is_counted(
         "skip": {"user_may_invite": [{"room_id": "!noisy:*"}, {"inviter": "@*:example.org"}]},
     }
     HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    assert caplog.records[-1].getMessage() == (
+        f"[{label}] Calls matching a skip rule are allowed unasked for: user_may_invite (2 rules)"
+    )
     server.set(None, reject("M_FORBIDDEN", "no"))
     invite = api.registered["user_may_invite"]
 
