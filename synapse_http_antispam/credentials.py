@@ -67,7 +67,9 @@ class TokenFile:
         self._reactor = reactor
         self._use = use
         self._log = log
-        self._stamp = _stamp(path)
+        # Never looked: the first look reads the file, in case it changed since the config
+        # was parsed (Synapse parses every module's config before starting any).
+        self._stamp: tuple[int, ...] | None = ()
         self._failing = False
         self._last_forced: float | None = None
         self._loop = LoopingCall(self.check)

@@ -89,6 +89,20 @@ async def test_a_token_file_replaced_by_a_rename_is_followed(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_change_between_parsing_and_starting_is_not_missed(
+    tmp_path: Path, server: AntispamServer, watches: list[TokenFile]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    config = LegacyHTTPAntispam.parse_config(
+        {"base_url": server.base_url, "authorization_path": str(token)}
+    )
+    replace_by_rename(token, NEW)
+    checker = LegacyHTTPAntispam(config)
+    assert await token_after(checker, server, NEW) == NEW
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_inline_token_is_not_watched(
     server: AntispamServer, watches: list[TokenFile]
 ) -> None:
