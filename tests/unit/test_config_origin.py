@@ -263,3 +263,13 @@ async def test_check_shows_the_policy_by_origin(tmp_path: Any, server: AntispamS
     json_rows = {r["callback"]: r for r in instance["callbacks"]}
     assert json_rows["user_may_invite"]["fail_open"] == {"local": True, "remote": False}
     assert json_rows["user_may_join_room"]["fail_open"] is False
+
+
+def test_the_readme_example_parses() -> None:
+    from tests.unit.test_config_skip import readme_yaml
+
+    config = parse_config({"base_url": URL, **readme_yaml("Failure policy by origin")})
+    assert config.fail_open == {
+        "check_event_for_spam": ByOrigin(local=False, remote=True),
+        "user_may_invite": ByOrigin(local=True, remote=False),
+    }
