@@ -50,9 +50,6 @@ class Endpoints:
         # Callbacks the server has answered (allow or reject) since it was last seen to go.
         self._served: set[str] = set()
         self._no_server_until = 0.0
-        # The server was last seen going away (no answer, or base_url not reaching it): the
-        # next answer of its own is a recovery, logged once.
-        self._gone = False
         self._no_server_logged = False
 
     def known_unimplemented(self, name: str) -> bool:
@@ -64,14 +61,10 @@ class Endpoints:
         """An answer only the antispam server gives came back (a 2xx, a Matrix error)."""
         self._no_server_until = 0.0
         self._no_server_logged = False  # the next outage is news again
-        if self._gone:
-            self._gone = False
-            self._log.info("The antispam server at %s answers again", self._url)
 
     def lost(self) -> None:
         """The server was not reached, or base_url no longer reaches it: what it said about
-        its endpoints is forgotten, and the next outage's lines are logged again."""
-        self._gone = True
+        its endpoints is forgotten, and what it says next is logged again."""
         self._unimplemented.clear()
         self._served.clear()
         self._warned.clear()
