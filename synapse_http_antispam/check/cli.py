@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from twisted.internet import defer, task
 
@@ -105,22 +105,34 @@ def _setup_logging(verbose: bool) -> None:
         logger.propagate = False
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line read; without a command, the help on stderr and exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "check":
         parser.print_help(sys.stderr)
         sys.exit(EXIT_CONFIG)
-    _setup_logging(args.verbose)
+    return args
+
+
+async def command(args: argparse.Namespace, reactor: Any = None, out: TextIO | None = None) -> int:
+    """Runs a parsed `check`, prints its report to `out` (stdout) and returns the exit code."""
+    out = out or sys.stdout
     options = Options(
         config_paths=tuple(args.config), probe=not args.no_probe, network=not args.offline
     )
-    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR") and not args.json
+    colour = out.isatty() and not os.environ.get("NO_COLOR") and not args.json
+    report = await run_check(options, reactor)
+    out.write(render_json(report) if args.json else render_text(report, colour))
+    out.flush()
+    return report.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = parse_args(argv)
+    _setup_logging(args.verbose)
 
     async def run(reactor: Any) -> None:
-        report = await run_check(options, reactor)
-        sys.stdout.write(render_json(report) if args.json else render_text(report, colour))
-        sys.stdout.flush()
-        raise SystemExit(report.exit_code)
+        raise SystemExit(await command(args, reactor))
 
     task.react(lambda reactor: defer.ensureDeferred(run(reactor)))

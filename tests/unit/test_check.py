@@ -1,11 +1,14 @@
 """`synapse-http-antispam check` against the real test antispam server.
 
-Most tests run the check in this process (`run_check`, the command minus argument parsing and
-printing); a few run the installed command as a real subprocess, as an admin would.
+Most tests run the check in this process: `run_check` (the command minus argument parsing and
+printing), or the command line itself (`cli`: the arguments parsed, the report printed, the
+exit code returned). Two run the command as a real subprocess, as an admin would, to prove the
+entry point (`python -m synapse_http_antispam`, the console script's `main`) works.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 
@@ -30,6 +34,7 @@ from synapse_http_antispam.check import (
     synapse_info,
     synthetic_payload,
 )
+from synapse_http_antispam.check.cli import command, parse_args
 from synapse_http_antispam.config import parse_config
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
 
@@ -78,9 +83,23 @@ def homeserver(tmp_path: Path, module_config: dict[str, Any], **extra: Any) -> P
     return write(tmp_path / "homeserver.yaml", content)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+@attrs.frozen
+class Run:
+    returncode: int
+    stdout: str
+
+
+async def cli(*args: str) -> Run:
+    """`synapse-http-antispam check ARGS` in this process: what it prints and its exit code."""
+    out = io.StringIO()
+    returncode = await command(parse_args(["check", *args]), out=out)
+    return Run(returncode, out.getvalue())
+
+
+def subprocess_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as an admin runs it: a process of its own (slow: it imports Synapse)."""
     return subprocess.run(
-        [sys.executable, "-m", "synapse_http_antispam", "check", *args],
+        [sys.executable, "-m", "synapse_http_antispam", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -114,11 +133,12 @@ def draupnir_like(server: AntispamServer) -> None:
         ({"base_url": "http://x", "timout": 3}, "timout: unknown key"),
     ],
 )
-def test_config_errors_are_printed_as_synapse_prints_them(
+@pytest_twisted.ensureDeferred
+async def test_config_errors_are_printed_as_synapse_prints_them(
     tmp_path: Path, module_config: dict[str, Any], needle: str
 ) -> None:
     path = homeserver(tmp_path, module_config)
-    result = cli("-c", str(path))
+    result = await cli("-c", str(path))
     assert result.returncode == EXIT_CONFIG, result.stdout
     assert needle in result.stdout
     section = "modules" if MODERN else "spam_checker"
@@ -253,7 +273,7 @@ def test_everything_served_exits_0_and_marks_its_requests(
     path = homeserver(
         tmp_path, {"base_url": server.base_url, "authorization_path": str(token_file)}
     )
-    result = cli("-c", str(path))
+    result = subprocess_cli("check", "-c", str(path))  # the whole command, as an admin runs it
     assert result.returncode == EXIT_OK, result.stdout + result.stderr
     assert result.stdout.rstrip().splitlines()[-1].startswith("OK:")
     assert 'reject M_FORBIDDEN "no." (HTTP 403)' in result.stdout
@@ -325,7 +345,8 @@ async def test_an_explicitly_enabled_callback_without_endpoint_is_a_problem(
     assert "enabled_callbacks names it" in report.problems[0]
 
 
-def test_a_wrong_token_is_an_auth_problem(tmp_path: Path, server: AntispamServer) -> None:
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_token_is_an_auth_problem(tmp_path: Path, server: AntispamServer) -> None:
     def auth(recorded: Any) -> Behaviour:
         if recorded.headers.get("authorization") != f"Bearer {TOKEN}":
             return Behaviour(status=401, body=b"Missing access token")
@@ -337,7 +358,7 @@ def test_a_wrong_token_is_an_auth_problem(tmp_path: Path, server: AntispamServer
         "authorization": "wrong",
         "enabled_callbacks": ["user_may_invite"],
     }
-    result = cli("-c", str(homeserver(tmp_path, config)), "--json")
+    result = await cli("-c", str(homeserver(tmp_path, config)), "--json")
     assert result.returncode == EXIT_SERVER, result.stdout
     report = json.loads(result.stdout)
     [instance] = report["instances"]
@@ -415,23 +436,25 @@ async def test_https_with_the_configured_ca_file(tmp_path: Path) -> None:
         assert report.exit_code == EXIT_OK, render_text(report)
 
 
-def test_no_probe_and_offline(tmp_path: Path, server: AntispamServer) -> None:
+@pytest_twisted.ensureDeferred
+async def test_no_probe_and_offline(tmp_path: Path, server: AntispamServer) -> None:
     path = homeserver(tmp_path, {"base_url": server.base_url})
-    result = cli("-c", str(path), "--no-probe")
+    result = await cli("-c", str(path), "--no-probe")
     assert result.returncode == EXIT_OK, result.stdout
     assert [r.callback for r in server.requests] == ["ping"]
     assert "not probed" in result.stdout
     server.clear()
-    result = cli("-c", str(path), "--offline", "--json")
+    result = await cli("-c", str(path), "--offline", "--json")
     assert result.returncode == EXIT_OK
     assert server.requests == []
     assert json.loads(result.stdout)["instances"][0]["ping"] is None
 
 
-def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
+@pytest_twisted.ensureDeferred
+async def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
     server.set("user_may_invite", reject("M_FORBIDDEN", "no."))
     config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
-    result = cli("-c", str(homeserver(tmp_path, config)), "--json")
+    result = await cli("-c", str(homeserver(tmp_path, config)), "--json")
     report = json.loads(result.stdout)
     assert result.returncode == report["exit_code"] == EXIT_OK
     assert report["ok"] is True
@@ -478,13 +501,14 @@ def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
     assert row["timeout"] == 5.0 and row["fail_open"] is False and row["async"] is False
 
 
-def test_usage_errors() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "synapse_http_antispam"], capture_output=True, text=True
-    )
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    result = subprocess_cli()  # the entry point, with no command: its help and exit 2
     assert result.returncode == EXIT_CONFIG
     assert "check" in result.stderr
-    assert cli().returncode == EXIT_CONFIG  # -c is required
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["check"])
+    assert raised.value.code == EXIT_CONFIG  # -c is required
+    assert "-c/--config-path" in capsys.readouterr().err
 
 
 # ---- synthetic payloads ------------------------------------------------------------------------
@@ -584,11 +608,12 @@ async def test_meowlnir_with_an_unknown_management_room(tmp_path: Path, meowlnir
 
 
 @pytest.mark.parametrize("check_events", [False, True])
-def test_draupnir_with_its_documented_config(
+@pytest_twisted.ensureDeferred
+async def test_draupnir_with_its_documented_config(
     tmp_path: Path, draupnir: Any, check_events: bool
 ) -> None:
     path = homeserver(tmp_path, draupnir.module_config(check_events=check_events))
-    result = cli("-c", str(path), "--json")
+    result = await cli("-c", str(path), "--json")
     report = json.loads(result.stdout)
     assert result.returncode == EXIT_OK, result.stdout
     [instance] = report["instances"]
@@ -628,14 +653,15 @@ async def test_draupnir_with_a_wrong_token(tmp_path: Path, draupnir: Any) -> Non
 # ---- causes named for what they are ------------------------------------------------------------
 
 
-def test_nothing_behind_base_url_is_the_antispam_server(
+@pytest_twisted.ensureDeferred
+async def test_nothing_behind_base_url_is_the_antispam_server(
     tmp_path: Path, server: AntispamServer
 ) -> None:
     """Every callback and the ping a framework's 404: a failure naming base_url, not "NOT
     IMPLEMENTED, exit 0" with advice to set `enabled_callbacks: []`."""
     server.set(None, HTML_404)
     path = homeserver(tmp_path, {"base_url": server.base_url})
-    result = cli("-c", str(path), "--json")
+    result = await cli("-c", str(path), "--json")
     report = json.loads(result.stdout)
     assert result.returncode == report["exit_code"] == EXIT_SERVER, result.stdout
     assert report["ok"] is False
@@ -646,7 +672,7 @@ def test_nothing_behind_base_url_is_the_antispam_server(
     [problem] = [p for p in report["problems"] if "does not reach an antispam server" in p]
     assert server.base_url in problem and "host, port and path" in problem
     assert not any("enabled_callbacks: [" in w for w in report["warnings"])
-    text = cli("-c", str(path)).stdout
+    text = (await cli("-c", str(path))).stdout
     assert "NOT IMPLEMENTED" not in text and "FAILED" in text.splitlines()[-1]
 
 
@@ -683,32 +709,32 @@ async def test_a_json_404_ping_names_the_management_room(
 
 
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
-def test_a_ca_file_that_is_not_pem_is_a_config_error(
+@pytest_twisted.ensureDeferred
+async def test_a_ca_file_that_is_not_pem_is_a_config_error(
     tmp_path: Path, server: AntispamServer, offline: bool
 ) -> None:
     ca_file = tmp_path / "ca.pem"
     ca_file.write_text("not a certificate\n")
     path = homeserver(tmp_path, {"base_url": server.base_url, "ca_file": str(ca_file)})
-    result = cli("-c", str(path), *(["--offline"] if offline else []))
+    result = await cli("-c", str(path), *(["--offline"] if offline else []))
     assert result.returncode == EXIT_CONFIG, result.stdout
     assert "ca_file" in result.stdout and "CONFIG ERROR" in result.stdout
     assert server.requests == []
 
 
-def test_version() -> None:
-    for args in (["--version"], ["check", "--version"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "synapse_http_antispam", *args], capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        from synapse_http_antispam import __version__
+@pytest.mark.parametrize("args", [["--version"], ["check", "--version"]])
+def test_version(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        parse_args(args)
+    assert raised.value.code == 0
+    from synapse_http_antispam import __version__
 
-        first, second = result.stdout.splitlines()
-        assert first == f"synapse-http-antispam {__version__}"
-        if INFO is not None:
-            assert second == f"Synapse {INFO.version}" or second.startswith("Synapse ")
-        else:
-            assert "not importable" in second
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == f"synapse-http-antispam {__version__}"
+    if INFO is not None:
+        assert second == f"Synapse {INFO.version}" or second.startswith("Synapse ")
+    else:
+        assert "not importable" in second
 
 
 # ---- several entries of the module -------------------------------------------------------------
@@ -728,7 +754,8 @@ def other_server() -> Iterator[AntispamServer]:
         yield s
 
 
-def test_two_entries_for_two_servers(
+@pytest_twisted.ensureDeferred
+async def test_two_entries_for_two_servers(
     tmp_path: Path, server: AntispamServer, other_server: AntispamServer
 ) -> None:
     """Meowlnir for invites, Draupnir for messages: one section each."""
@@ -742,12 +769,12 @@ def test_two_entries_for_two_servers(
         },
         {"base_url": other_server.base_url, "enabled_callbacks": ["check_event_for_spam"]},
     )
-    result = cli("-c", str(path))
+    result = await cli("-c", str(path))
     assert result.returncode == EXIT_OK, result.stdout
     assert "== meowlnir ==" in result.stdout
     assert f"== {other_server.base_url} ==" in result.stdout
     assert "configured twice" not in result.stdout
-    report = json.loads(cli("-c", str(path), "--json").stdout)
+    report = json.loads((await cli("-c", str(path), "--json")).stdout)
     assert report["ok"] is True
     assert [i["label"] for i in report["instances"]] == ["meowlnir", other_server.base_url]
     assert [[r["callback"] for r in i["callbacks"]] for i in report["instances"]] == [
