@@ -817,30 +817,40 @@ async def test_two_entries_for_one_server_with_disjoint_callbacks(
     assert len(report.instances) == 2
 
 
+@pytest.mark.parametrize("down_first", [True, False], ids=["down-first", "up-first"])
 @pytest_twisted.ensureDeferred
-async def test_one_entry_down_one_up(tmp_path: Path, server: AntispamServer) -> None:
+async def test_one_entry_down_one_up(
+    tmp_path: Path, server: AntispamServer, down_first: bool
+) -> None:
+    """The exit code is the worst entry's, wherever it is listed."""
     dead = f"http://127.0.0.1:{free_port()}"
-    path = several(
-        tmp_path,
+    entries = [
         {"name": "down", "base_url": dead, "enabled_callbacks": ["user_may_invite"]},
         {"name": "up", "base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]},
-    )
+    ]
+    path = several(tmp_path, *(entries if down_first else entries[::-1]))
     report = await check(path)
     assert report.exit_code == EXIT_SERVER
-    down, up = report.instances
+    down, up = report.instances if down_first else report.instances[::-1]
+    assert (down.label, up.label) == ("down", "up")
     assert down.exit_code == EXIT_SERVER and down.problems
     assert up.exit_code == EXIT_OK and up.problems == []
-    assert all(p.startswith("[down] ") for p in report.problems)
+    assert report.problems and all(p.startswith("[down] ") for p in report.problems)
     text = render_text(report)
     assert "up: OK:" in text and "down: FAILED:" in text
     assert text.rstrip().splitlines()[-1].startswith("FAILED:")
 
 
+@pytest.mark.parametrize("invalid_first", [True, False], ids=["invalid-first", "valid-first"])
 @pytest_twisted.ensureDeferred
-async def test_one_entry_invalid_one_valid(tmp_path: Path, server: AntispamServer) -> None:
-    path = several(tmp_path, {"timout": 3}, {"base_url": server.base_url})
+async def test_one_entry_invalid_one_valid(
+    tmp_path: Path, server: AntispamServer, invalid_first: bool
+) -> None:
+    entries = [{"timout": 3}, {"base_url": server.base_url}]
+    path = several(tmp_path, *(entries if invalid_first else entries[::-1]))
     report = await check(path)
     assert report.exit_code == EXIT_CONFIG
-    bad, good = report.instances
-    assert bad.config_errors and bad.label.endswith("<item 0>")
+    bad, good = report.instances if invalid_first else report.instances[::-1]
+    assert bad.config_errors
+    assert bad.label.endswith("<item 0>" if invalid_first else "<item 1>")
     assert good.exit_code == EXIT_OK
