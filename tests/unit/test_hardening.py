@@ -289,3 +289,22 @@ def test_the_legacy_door_warns_about_callbacks_it_cannot_carry(
         LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config), api)
     [warning] = messages(caplog, logging.WARNING)
     assert "user_may_join_room" in warning and "modules:" in warning
+
+
+def test_the_legacy_door_warns_about_a_method_this_synapse_does_not_accept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """federated_user_may_invite is a spam_checker: method, but Synapse before 1.134 does not
+    register it: enabled, it never runs there, and the admin is told so."""
+    before_1_134 = FakeModuleApi(("check_event_for_spam", "user_may_invite", "user_may_join_room"))
+    config = {
+        "base_url": "http://127.0.0.1:9",
+        "enabled_callbacks": ["user_may_invite", "federated_user_may_invite"],
+    }
+    with caplog.at_level(logging.WARNING, logger="synapse_http_antispam"):
+        LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config), before_1_134)
+    assert messages(caplog, logging.WARNING) == [
+        "[http://127.0.0.1:9] Callback federated_user_may_invite cannot be carried by the "
+        "spam_checker: door on this Synapse release; skipped (list the module under modules: "
+        "to use it)"
+    ]
