@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import inspect
+import types
 from typing import Any
 
 import pytest
@@ -288,6 +289,37 @@ async def test_the_synapse_process_is_named_to_the_antispam_server(
     await api.registered["user_may_invite"](*ARGS["user_may_invite"])
     [request] = server.requests_for("user_may_invite")
     assert request.headers["x-synapse-instance"] == header
+
+
+@pytest.mark.parametrize(
+    "door",
+    [pytest.param(HTTPAntispam, marks=modern_only), LegacyHTTPAntispam],
+    ids=["modules", "spam_checker"],
+)
+@pytest_twisted.ensureDeferred
+async def test_each_door_pings_at_startup_only_with_do_ping(
+    server: AntispamServer, door: Any
+) -> None:
+    """Two instances of one door, told apart by their X-Synapse-Instance: only the one whose
+    config has do_ping sends a ping."""
+    instances = []
+    for worker, do_ping in (("quiet", False), ("pinging", True)):
+        # Before 1.37 Synapse's ModuleApi has no register_spam_checker_callbacks at all.
+        api = installed_api() if real_spam_checker_keywords() else types.SimpleNamespace()
+        api.worker_name = worker
+        config = {"base_url": server.base_url, "do_ping": do_ping}
+        instances.append(door(door.parse_config(config), api))
+    try:
+        await until(lambda: len(server.requests_for("ping")) >= 1)
+        # Both were started together, so a ping of the quiet one would have been sent with
+        # the other's; one round trip of its own more gives it time to arrive.
+        quiet = instances[0]._dispatcher.forwarder
+        assert (await quiet.ping_once()).outcome == "ok"
+        pings = server.requests_for("ping")
+        assert [p.headers["x-synapse-instance"] for p in pings] == ["pinging", "quiet"]
+    finally:
+        for instance in instances:
+            await instance._dispatcher.forwarder.close()
 
 
 @modern_only
