@@ -312,3 +312,36 @@ async def test_an_async_call_dropped_at_max_background_is_the_background_outcome
     await f.close()
     assert outcomes(recorder) == [("user_may_invite", Outcome.BACKGROUND, None)]
     assert recorder.dropped == ["user_may_invite"] and server.requests == []
+
+
+class UnreadableFile:
+    """Media whose bytes cannot be read: the request for it cannot be built."""
+
+    async def write_chunks_to(self, callback: Any) -> None:
+        raise OSError("media store unreachable")
+
+
+@pytest.mark.parametrize("report_only", [True, False], ids=["report-only", "enforced"])
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_cannot_be_built_is_allowed_under_report_only(
+    server: AntispamServer, report_only: bool
+) -> None:
+    """Fail-closed media that cannot be read is refused, except under report_only, where
+    nothing the module meets may refuse the upload (the server is never asked either way).
+    Through the legacy door, which every Synapse release tested has."""
+    name = "check_media_file_for_spam"
+    config = {
+        "base_url": server.base_url,
+        "fail_open": {name: False},
+        "media_content_max_bytes": 1024,  # the bytes are read to be sent
+        "report_only": [name] if report_only else [],
+    }
+    checker = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+    from tests.unit.test_doors import FakeFileInfo
+
+    value = await checker.check_media_file_for_spam(UnreadableFile(), FakeFileInfo())  # type: ignore[attr-defined]
+    if report_only:
+        assert is_allow(name, value), value
+    else:
+        assert is_deny(name, value), value
+    assert server.requests_for(name) == []
