@@ -568,6 +568,65 @@ async def test_background_checks_are_not_stored(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_background_answer_is_not_there_for_a_foreground_check(
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
+) -> None:
+    """The server allowed its answer to a background check to be reused: a later identical
+    check that Synapse waits for still asks the server."""
+    f, _ = observed
+    server.set(None, Behaviour(status=200, headers={"Cache-Control": "max-age=60"}))
+    f.background(USERNAME, Kind.FLAG, {"user_profile": {"user_id": "@u:x"}})
+    await until(lambda: f.background_running == 0)
+    await f.check(USERNAME, Kind.FLAG, {"user_profile": {"user_id": "@u:x"}})
+    assert len(server.requests) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_answers_do_not_push_stored_ones_out(server: AntispamServer) -> None:
+    """A store with room for one answer: background checks of other users leave the stored
+    answer where it is, so the identical check after them is answered from the store."""
+    server.set(None, Behaviour(status=200, headers={"Cache-Control": "max-age=60"}))
+    f = Forwarder(parse_config({"base_url": server.base_url, "reuse_max_entries": 1}))
+    try:
+        await username(f, "@a:x")
+        for user in ("@b:x", "@c:x"):
+            f.background(USERNAME, Kind.FLAG, {"user_profile": {"user_id": user}})
+            await until(lambda: f.background_running == 0)
+        assert (await username(f, "@a:x")).outcome is Outcome.ALLOWED
+        assert len(server.requests) == 3  # @a once, @b, @c; not @a again
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_body_for_two_callbacks_is_two_calls(
+    server: AntispamServer, observed: tuple[Forwarder, Recorder]
+) -> None:
+    """Stored or in flight, an answer is the answer to one callback: the same body sent to
+    another callback is that callback's own question."""
+    f, _ = observed
+    reusable = {"Cache-Control": "max-age=60"}
+    server.set("user_may_invite", Behaviour(status=200, headers=reusable, delay=0.3))
+    refusal = reject("M_FORBIDDEN", "no 3pid invites")
+    refusal.headers, refusal.delay = reusable, 0.3
+    server.set("user_may_send_3pid_invite", refusal)
+    body = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
+
+    def ask(name: str) -> Deferred[Verdict]:
+        return defer.ensureDeferred(f.check(name, Kind.GATE, body))
+
+    # In flight together: not coalesced.
+    together = await defer.gatherResults(
+        [ask("user_may_invite"), ask("user_may_send_3pid_invite")]
+    )
+    assert [v.outcome for v in together] == [Outcome.ALLOWED, Outcome.REJECTED]
+    # Both answers stored now, each for its own callback.
+    assert (await ask("user_may_send_3pid_invite")).outcome is Outcome.REJECTED
+    assert (await ask("user_may_invite")).outcome is Outcome.ALLOWED
+    assert len(server.requests) == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_debug_line_says_when_an_answer_was_reused(
     server: AntispamServer,
     observed: tuple[Forwarder, Recorder],
