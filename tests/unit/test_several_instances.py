@@ -18,12 +18,14 @@ import pytest_twisted
 
 from twisted.internet import defer
 
-from synapse_http_antispam.catalogue import Kind
+from synapse_http_antispam import HTTPAntispam
+from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.metrics import PrometheusObserver
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port
+from tests.support.module_api import FakeModuleApi
 from tests.support.waiting import sleep
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -149,11 +151,97 @@ async def test_not_implemented_memory_is_per_instance() -> None:
             await b.close()
 
 
-def test_a_label_per_instance_and_no_more() -> None:
+@pytest_twisted.ensureDeferred
+async def test_a_label_per_instance_and_no_more(server: AntispamServer) -> None:
     """Series are keyed by the instance's label, never by anything per call."""
     url = "http://127.0.0.1:1/_meowlnir/antispam/!room:example.org"
     assert parse_config({"base_url": url}).label == url
     assert parse_config({"base_url": url, "name": "meowlnir"}).label == "meowlnir"
+
+    # Two instances as Synapse makes them (through the modules: door), one named.
+    base = f"{server.base_url}/unit-several-labels"
+    named_config = {"base_url": base, "name": "unit-several-labelled", "timeout": 2}
+    unnamed_config = {"base_url": f"{base}/unnamed", "timeout": 2}
+    instances, invites = [], []
+    for config in (named_config, unnamed_config):
+        api = FakeModuleApi(("user_may_invite",))
+        instances.append(HTTPAntispam(HTTPAntispam.parse_config(config), api))
+        invites.append(api.registered["user_may_invite"])
+    server.set(None, Behaviour(status=200, headers={"Cache-Control": "max-age=60"}))
+    users = ["@label-one:x", "@label-two:x", "@label-one:x"]  # the last one reused
+    try:
+        for call in invites:
+            for user in users:
+                await call("@a:x", user, "!r:x")
+        server.set(None, Behaviour(status=500))
+        for call in invites:
+            await call("@a:x", "@label-three:x", "!r:x")
+    finally:
+        for instance in instances:
+            await instance._dispatcher.forwarder.close()
+    per_call = [*users, "@label-three:x", "@a:x", "!r:x"]
+    per_call += [r.headers["x-request-id"] for r in server.requests]
+    assert len(server.requests) == 6
+
+    ours = ("unit-several-labelled", f"{base}/unnamed", base)
+    samples = [
+        sample
+        for family in REGISTRY.collect()
+        if family.name.startswith("synapse_http_antispam_")
+        for sample in family.samples
+        if sample.labels.get("server") in ours
+    ]
+    # The named instance's series carry its name, never its base_url.
+    assert {s.labels["server"] for s in samples} == {"unit-several-labelled", f"{base}/unnamed"}
+    vocabulary = {
+        "callback": set(CALLBACKS),
+        "outcome": {o.value for o in Outcome},
+        "reason": {f.value for f in Failure},
+        "how": {"stored", "coalesced"},
+        "state": {"open", "closed"},
+        "result": {"answered", "unanswered"},
+    }
+    for s in samples:
+        for name, value in s.labels.items():
+            assert all(v not in value for v in per_call), (s.name, name, value)
+            if name in vocabulary:
+                assert value in vocabulary[name], (s.name, name, value)
+            else:
+                assert name in ("server", "le", "why"), (s.name, name)
+    for label in ("unit-several-labelled", f"{base}/unnamed"):
+        counts = {
+            s.labels["outcome"]: s.value
+            for s in samples
+            if s.name == "synapse_http_antispam_decisions_total" and s.labels["server"] == label
+        }
+        assert counts == {"allowed": 3, "failed_closed": 1}, (label, counts)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reuse_is_per_instance() -> None:
+    """Two instances asking two servers the same question: each gets its own server's
+    answer, whether the other's is stored or still in flight."""
+    reusable = {"Cache-Control": "max-age=60"}
+    refusal = Behaviour(status=403, body={"errcode": "M_FORBIDDEN"}, headers=reusable, delay=0.3)
+    with AntispamServer() as allowing, AntispamServer() as refusing:
+        allowing.set(None, Behaviour(status=200, headers=reusable, delay=0.3))
+        refusing.set(None, refusal)
+        a = make(allowing.base_url, name="unit-several-reuse-a")
+        b = make(refusing.base_url, name="unit-several-reuse-b")
+        try:
+            # In flight together, then each from its own store, in both orders.
+            together = await defer.gatherResults(
+                [defer.ensureDeferred(invite(a)), defer.ensureDeferred(invite(b))]
+            )
+            assert [v.outcome for v in together] == [Outcome.ALLOWED, Outcome.REJECTED]
+            assert (await invite(b)).outcome is Outcome.REJECTED
+            assert (await invite(a)).outcome is Outcome.ALLOWED
+            assert (await invite(a, invitee="@c:x")).outcome is Outcome.ALLOWED
+            assert (await invite(b, invitee="@c:x")).outcome is Outcome.REJECTED
+            assert len(allowing.requests) == len(refusing.requests) == 2
+        finally:
+            await a.close()
+            await b.close()
 
 
 @pytest_twisted.ensureDeferred
