@@ -74,6 +74,17 @@ class Recorded:
 Rule = Union[Behaviour, Callable[[Recorded], Behaviour]]
 
 
+class _ClosingHTTPServer(ThreadingHTTPServer):
+    """Says when it has closed a connection (its socket shut down and closed)."""
+
+    def closed(self) -> None:
+        pass
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed()
+
+
 class AntispamServer:
     # Subclasses (the peer models) may record richer entries, and answer more methods than POST
     # through `_serve`; any other method gets http.server's own 501.
@@ -87,12 +98,14 @@ class AntispamServer:
     ) -> None:
         self.requests: list[Recorded] = []
         self.idle_timeout: float | None = None
+        self.closed_connections = 0
         self._rules: dict[str | None, Rule] = {}
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd = _ClosingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
+        self._httpd.closed = self._connection_closed  # type: ignore[method-assign]
         self._tls = tls
         if tls is not None:
             self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
@@ -149,6 +162,23 @@ class AntispamServer:
                 if len(found) >= count or time.monotonic() >= deadline:
                     return found
                 self._lock.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self.closed_connections += 1
+            self._lock.notify_all()
+
+    def wait_closed(self, count: int, timeout: float = 10.0) -> bool:
+        """Blocks (the reactor too, when called from a test) until the server has closed
+        `count` connections in all; whether it has."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.closed_connections < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(0.1, left))
+            return True
 
     def _behaviour_for(self, recorded: Recorded) -> Behaviour:
         with self._lock:

@@ -658,10 +658,18 @@ async def test_server_down_under_load_trips_the_breaker_and_memory_stays_flat() 
 
 @pytest_twisted.ensureDeferred
 async def test_idle_keepalive_closed_by_the_server_is_not_a_failure(
-    server: AntispamServer, fwd: Forwarder
+    server: AntispamServer, fwd: Forwarder, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The server closes a kept-alive connection for being idle, and the module sends its next
+    call on it before it has read the close: that call is sent again on a new connection."""
     server.idle_timeout = 0.2
-    for _ in range(3):
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    for number in range(1, 4):
         assert (await check(fwd)).outcome is Outcome.ALLOWED
-        await sleep(0.4)  # the server drops the idle connection meanwhile
+        # Blocking the reactor, so that the module cannot notice the close before its next
+        # call (it would then open a new connection at once and never meet the closed one).
+        assert server.wait_closed(number)
     assert len(server.requests) == 3
+    assert len({r.connection_id for r in server.requests}) == 3
+    retries = [r.getMessage() for r in caplog.records if "retrying once" in r.getMessage()]
+    assert len(retries) == 2
