@@ -9,12 +9,20 @@ carry the errcode and message to the client wherever the era can.
 from __future__ import annotations
 
 import enum
-from typing import Any
+import sys
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any, Union
 
 import pytest
 
 from synapse_http_antispam.catalogue import CALLBACKS, Kind
-from synapse_http_antispam.synapse_compat import Capabilities, sniff, to_synapse
+from synapse_http_antispam.synapse_compat import (
+    Capabilities,
+    _callback_type_alias,
+    sniff,
+    to_synapse,
+)
 from synapse_http_antispam.verdict import (
     ALLOW,
     BACKGROUND,
@@ -42,6 +50,9 @@ class RegistrationBehaviour(enum.Enum):
 NOT_SPAM = "".join(["NOT_", "SPAM"])
 
 ERAS = {
+    # Only the spam_checker: door (before 1.37); sniff() finds what it finds on 1.37.
+    (1, 25): Capabilities((1, 25, 0), registration_behaviour=RegistrationBehaviour),
+    (1, 30): Capabilities((1, 30, 0), registration_behaviour=RegistrationBehaviour),
     (1, 37): Capabilities((1, 37, 1), registration_behaviour=RegistrationBehaviour),
     (1, 60): Capabilities(
         (1, 60, 0), not_spam=NOT_SPAM, codes=Codes, registration_behaviour=RegistrationBehaviour
@@ -66,8 +77,9 @@ for _era in ((1, 63), (1, 87), (1, 132)):
         tuples=True,
         registration_behaviour=RegistrationBehaviour,
     )
-# Callback families that only exist from an era on.
-FAMILY_SINCE = {Kind.STATE: (1, 132), Kind.LOGIN: (1, 87)}
+# Callback families that only exist from an era on (media: absent from 1.25's SpamChecker,
+# there in 1.30's).
+FAMILY_SINCE = {Kind.STATE: (1, 132), Kind.LOGIN: (1, 87), Kind.MEDIA: (1, 30)}
 
 
 def interpret(era: tuple[int, int], kind: Kind, value: Any) -> tuple[str, dict[str, Any] | None]:
@@ -99,6 +111,10 @@ def interpret(era: tuple[int, int], kind: Kind, value: Any) -> tuple[str, dict[s
             return coded(value)  # type: ignore[return-value]
         return "invalid", None
     if kind is Kind.EVENT:
+        if era < (1, 37):
+            # SpamChecker.check_event_for_spam returns True for any truthy value: the client
+            # gets Synapse's "Spam is not permitted here", never the module's message.
+            return ("deny" if value else "allow"), None
         if era < (1, 60):
             return ("deny" if value else "allow"), (
                 {"error": value} if isinstance(value, str) else None
@@ -237,3 +253,57 @@ def test_sniff_matches_the_installed_synapse() -> None:
         from synapse.module_api import NOT_SPAM as real_not_spam
 
         assert to_synapse(Kind.GATE, ALLOW, caps) is real_not_spam
+
+
+def test_the_callback_alias_is_read_from_the_installed_synapse() -> None:
+    """The declared return type of user_may_invite callbacks, where sniff() looks first:
+    absent before 1.37 (1.25 and 1.30 have synapse.events.spamcheck, without the alias), in
+    synapse.events.spamcheck until 1.81, then in synapse.module_api.callbacks."""
+    synapse = pytest.importorskip("synapse")
+    caps = sniff()
+    assert caps.version is not None, synapse.__version__
+    declared = _callback_type_alias()
+    if caps.version < (1, 37, 0):
+        assert declared is None
+        return
+    assert declared is not None
+    assert ("Codes" in declared) == (caps.version >= (1, 62, 0)), declared
+    assert ("uple[" in declared) == (caps.version >= (1, 63, 0)), declared
+
+
+class Codes162(enum.Enum):
+    FORBIDDEN = "M_FORBIDDEN"
+
+
+ALIAS_1_37 = Callable[[str, str, str], Awaitable[bool]]
+ALIAS_1_63 = Callable[[str, str, str], Awaitable[Union[Codes162, tuple[Codes162, dict], bool]]]
+NEW = "synapse.module_api.callbacks.spamchecker_callbacks"  # 1.82+
+OLD = "synapse.events.spamcheck"  # 1.37 - 1.81 (and before 1.37, without the alias)
+
+
+def fake_module(name: str, alias: Any = None) -> types.ModuleType:
+    module = types.ModuleType(name)
+    if alias is not None:
+        module.USER_MAY_INVITE_CALLBACK = alias  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize(
+    "new, old, expected",
+    [
+        (None, fake_module(OLD), None),  # 1.25, 1.30: the module, no alias
+        (None, None, None),  # no Synapse at all
+        (None, fake_module(OLD, ALIAS_1_37), repr(ALIAS_1_37)),  # 1.37 - 1.61
+        (None, fake_module(OLD, ALIAS_1_63), repr(ALIAS_1_63)),  # 1.63 - 1.81
+        (fake_module(NEW, ALIAS_1_63), fake_module(OLD), repr(ALIAS_1_63)),  # 1.82+
+    ],
+    ids=["1.25", "none", "1.37", "1.63", "1.82"],
+)
+def test_the_callback_alias_is_looked_for_where_each_era_keeps_it(
+    monkeypatch: pytest.MonkeyPatch, new: Any, old: Any, expected: str | None
+) -> None:
+    """Every era's layout, whichever Synapse this environment has (None in sys.modules: the
+    module cannot be imported)."""
+    monkeypatch.setitem(sys.modules, NEW, new)
+    monkeypatch.setitem(sys.modules, OLD, old)
+    assert _callback_type_alias() == expected
