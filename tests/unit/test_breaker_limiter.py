@@ -94,6 +94,23 @@ def test_old_failures_age_out_of_the_window() -> None:
     assert b.window_counts() == (1, 1)
 
 
+def test_a_window_of_a_fraction_of_a_second_counts_by_exact_buckets() -> None:
+    """The window is ten buckets of window/10 seconds, a time falling in bucket
+    floor(time / width). With window=1 the width is the float 0.1, a little more than 0.1, so
+    time 1.0 still falls in bucket 9 (1.0 // 0.1 == 9.0), and a failure at 0.0 is 1.0 s old,
+    inside the window (ten widths, a little more than 1 s): two failures open the breaker.
+    Rounding the quotient first (int(1.0 / 0.1) == 10) would put 1.0 in bucket 10, where the
+    failure at 0.0 has left the window, whether for recording or for counting."""
+    clock = task.Clock()
+    b = breaker(clock, threshold=2, rate=0, window=1)
+    b.unreachable("connect")
+    clock.advance(1.0)
+    assert b.window_counts() == (1, 1)
+    b.unreachable("connect")
+    assert b.window_counts() == (2, 2)
+    assert b.is_open
+
+
 def test_background_probe_closes_it_without_spending_a_users_call() -> None:
     clock = task.Clock()
     probe = Probe()
