@@ -156,3 +156,28 @@ def test_a_ping_without_its_own_timeout_has_the_configured_one(
     assert not d.called
     clock.advance(0.5)
     assert d.called and d.result.outcome == "timeout"
+
+
+@pytest.mark.parametrize(
+    "extra, longest",
+    [
+        ({}, 30.0),  # the media check's default deadline, the longest of the defaults
+        ({"timeout": 3, "timeouts": {"check_media_file_for_spam": 4}}, 4.0),
+        ({"timeout": 3, "timeouts": {"check_media_file_for_spam": 2, "user_may_invite": 7}}, 7.0),
+        ({"timeout": 45}, 45.0),
+    ],
+    ids=["defaults", "media-4", "invite-7", "timeout-45"],
+)
+def test_a_connect_attempt_is_given_the_longest_deadline(
+    clock: MemoryReactorClock, extra: dict[str, Any], longest: float
+) -> None:
+    """What the reactor is asked for: a connect timeout no call's deadline falls short of, so
+    that a slow connect ends as that call's timeout, never earlier as a connect failure (one
+    pool serves every callback; a media check waits 30 s by default where `timeout` is 5)."""
+    f = forwarder(clock, **extra)
+    d = start(f, "user_may_invite")
+    [(host, port, _, timeout, _)] = clock.tcpClients
+    assert (host, port) == ("127.0.0.1", 9)
+    assert timeout == longest
+    d.cancel()
+    d.addErrback(lambda _: None)
