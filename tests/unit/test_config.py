@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import synapse_http_antispam
 from synapse_http_antispam.catalogue import NAMES
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.synapse_compat import ConfigError
@@ -128,3 +132,37 @@ def test_an_empty_authorization_path_stops_synapse(tmp_path: Path, content: str)
 def test_token_never_in_config_errors() -> None:
     message = error_for({**BASE, "authorization": "tok\nen-secret"})
     assert "en-secret" not in message
+
+
+def test_authorization_path_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """A token with a non-ASCII character, read where the locale's encoding is ASCII (a bare
+    C locale, without Python's UTF-8 mode or locale coercion): the file is UTF-8 all the same.
+    In a process of its own, the only way to start Python with another locale encoding."""
+    token_file = tmp_path / "token"
+    token_file.write_bytes("s3cr\u00e9t\n".encode())
+    package_root = Path(synapse_http_antispam.__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "LC_ALL": "C",
+        "LANG": "C",
+        "PYTHONCOERCECLOCALE": "0",
+        "PYTHONUTF8": "0",
+        "PYTHONPATH": os.pathsep.join([str(package_root), *sys.path]),
+    }
+    code = (
+        "import locale, sys\n"
+        "sys.modules['synapse'] = None  # slow to import, and not what is tested here\n"
+        "from synapse_http_antispam.config import parse_config\n"
+        "print(locale.getpreferredencoding(False), file=sys.stderr)\n"
+        f"print(ascii(parse_config({{**{BASE!r}, 'authorization_path': sys.argv[1]}}).token))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-X", "utf8=0", "-c", code, str(token_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "utf" not in result.stderr.lower(), "the child's locale encoding was UTF-8 after all"
+    assert result.stdout.strip() == ascii("s3cr\u00e9t")
