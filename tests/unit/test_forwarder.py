@@ -230,6 +230,33 @@ async def test_stale_pooled_connection_is_retried_once(
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_pool_keeps_no_more_idle_connections_than_max_concurrency(
+    server: AntispamServer,
+) -> None:
+    """Two calls fill a limiter of two; the breaker's probe (a ping outside the limiter) opens
+    a third connection beside them. Once all three are answered the module keeps two for
+    reuse and closes the third, instead of holding it open for the pool's idle minute."""
+    server.set("user_may_invite", Behaviour(delay=0.3))
+    server.set("ping", lambda r: Behaviour(body={"id": r.json["id"], "status": "ok"}, delay=0.3))
+    f = make(server.base_url, max_concurrency=2)
+    try:
+        calls = [defer.ensureDeferred(check(f, invitee=f"@{n}:x")) for n in (1, 2)]
+        probe = defer.ensureDeferred(f.ping_once(limit=False))
+        assert all(v.allowed for v in await defer.gatherResults(calls))
+        assert (await probe).outcome == "ok"
+        assert len({r.connection_id for r in server.requests}) == 3
+        await until(lambda: server.closed_connections == 1, limit=5)
+        # The two kept are reused: no new connection.
+        await defer.gatherResults(
+            [defer.ensureDeferred(check(f, invitee=f"@{n}:x")) for n in (3, 4)]
+        )
+        assert len({r.connection_id for r in server.requests}) == 3
+        assert server.closed_connections == 1
+    finally:
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_fresh_connection_closed_is_not_retried(server: AntispamServer) -> None:
     server.set(None, Behaviour(close_before_response=True))
     f = make(server.base_url)
