@@ -9,6 +9,7 @@ carry the errcode and message to the client wherever the era can.
 from __future__ import annotations
 
 import enum
+import inspect
 import sys
 import types
 from collections.abc import Awaitable, Callable
@@ -16,11 +17,17 @@ from typing import Any, Union
 
 import pytest
 
+from twisted.internet.defer import Deferred
+
 from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.synapse_compat import (
+    BOOLS_ONLY,
     Capabilities,
     _callback_type_alias,
+    _logcontext_helpers,
+    installed_register_function,
     sniff,
+    synapse_version_string,
     to_synapse,
 )
 from synapse_http_antispam.verdict import (
@@ -307,3 +314,73 @@ def test_the_callback_alias_is_looked_for_where_each_era_keeps_it(
     monkeypatch.setitem(sys.modules, NEW, new)
     monkeypatch.setitem(sys.modules, OLD, old)
     assert _callback_type_alias() == expected
+
+
+# ---- what sniff() makes of other releases, faked on whichever Synapse is installed ----------
+
+
+def test_sniff_without_not_spam_codes_an_enum_or_registration_behaviour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A release without NOT_SPAM (before 1.60), whose Codes is a plain class of strings
+    (before 1.60) and without RegistrationBehaviour (before 1.20): none of them is used, and
+    the gates get bools even where the callback alias names Codes."""
+    pytest.importorskip("synapse")
+    import synapse.api.errors
+    import synapse.module_api
+    import synapse.spam_checker_api
+
+    class PlainCodes:
+        FORBIDDEN = "M_FORBIDDEN"
+
+    monkeypatch.delattr(synapse.module_api, "NOT_SPAM", raising=False)
+    monkeypatch.delattr(synapse.spam_checker_api, "RegistrationBehaviour")
+    monkeypatch.setattr(synapse.api.errors, "Codes", PlainCodes)
+    monkeypatch.setitem(sys.modules, NEW, fake_module(NEW, ALIAS_1_63))
+    caps = sniff()
+    assert caps.not_spam is None
+    assert caps.codes is None
+    assert caps.registration_behaviour is None
+    assert (caps.gates_take_codes, caps.tuples) == (False, False)
+    assert to_synapse(Kind.GATE, ALLOW, caps) is True
+
+
+def test_without_synapse_the_version_is_unknown_and_log_contexts_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside Synapse (the benchmarks, the check command on a host without it): the
+    User-Agent says Synapse/unknown, and Deferreds are awaited as they are."""
+    monkeypatch.setitem(sys.modules, "synapse", None)
+    monkeypatch.setitem(sys.modules, "synapse.logging.context", None)
+    assert synapse_version_string() == "unknown"
+    assert sniff() == BOOLS_ONLY
+    preserve, yieldable = _logcontext_helpers()
+    d: Deferred[int] = Deferred()
+    with preserve():
+        assert yieldable(d) is d
+
+
+def test_register_spam_checker_callbacks_as_a_property_is_read_from_spam_checker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Synapse 1.37-1.47: ModuleApi.register_spam_checker_callbacks is a property returning
+    SpamChecker.register_callbacks, whose keywords are what the release accepts."""
+    pytest.importorskip("synapse")
+    from synapse.module_api import ModuleApi
+
+    class SpamChecker:
+        def register_callbacks(self, *, user_may_invite: Any = None) -> None:
+            pass
+
+    module = fake_module(OLD)
+    module.SpamChecker = SpamChecker  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, OLD, module)
+    monkeypatch.setattr(
+        ModuleApi,
+        "register_spam_checker_callbacks",
+        property(lambda self: SpamChecker().register_callbacks),
+        raising=False,
+    )
+    real = installed_register_function()
+    assert real is SpamChecker.register_callbacks
+    assert "user_may_invite" in inspect.signature(real).parameters
