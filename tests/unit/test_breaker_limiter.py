@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from twisted.internet import defer, task
 
 from synapse_http_antispam.config import BreakerConfig
 from synapse_http_antispam.guards import Breaker, Limiter
 from synapse_http_antispam.metrics import NullObserver
 from synapse_http_antispam.verdict import CallFailed, Failure
+from tests.support.recorder import Recorder
 
 
 class Probe:
@@ -109,6 +114,21 @@ def test_a_window_of_a_fraction_of_a_second_counts_by_exact_buckets() -> None:
     b.unreachable("connect")
     assert b.window_counts() == (2, 2)
     assert b.is_open
+
+
+def test_opening_names_the_server_and_the_last_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """A breaker given no description speaks of "the antispam server"; one whose last failure
+    came without a reason counts the opening as "unreachable"."""
+    clock, observer = task.Clock(), Recorder()
+    b = Breaker(BreakerConfig(2, window=10), clock, observer)
+    with caplog.at_level(logging.WARNING, logger="synapse_http_antispam"):
+        b.unreachable("connect")
+        b.unreachable("")
+    assert b.is_open
+    assert observer.breaker == [("changed", True, "unreachable")]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("Circuit breaker open: 2 of 2 calls to the antispam server in the")
+    assert "the antispam server is probed every 1s" in line
 
 
 def test_background_probe_closes_it_without_spending_a_users_call() -> None:
