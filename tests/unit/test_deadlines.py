@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
@@ -181,3 +181,38 @@ def test_a_connect_attempt_is_given_the_longest_deadline(
     assert timeout == longest
     d.cancel()
     d.addErrback(lambda _: None)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def connect(clock: MemoryReactorClock, connection: int) -> tuple[Any, StringTransport]:
+    """Completes the `connection`th connect attempt the reactor recorded."""
+    protocol = clock.tcpClients[connection][2].buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    clock.advance(0)
+    return protocol, transport
+
+
+def test_an_idle_connection_is_kept_for_a_minute(clock: MemoryReactorClock) -> None:
+    """After an answer the connection stays open for the next call, and is closed once it has
+    been idle for 60 s."""
+    f = forwarder(clock)
+    first = start(f, "user_may_invite")
+    protocol, transport = connect(clock, 0)
+    assert transport.value().startswith(b"POST /user_may_invite HTTP/1.1\r\n")
+    protocol.dataReceived(OK)
+    assert first.called and first.result.allowed
+    clock.advance(30)
+    transport.clear()
+    second = start(f, "user_may_invite")
+    clock.advance(0)
+    assert len(clock.tcpClients) == 1, "a new connection instead of the idle one"
+    assert transport.value().startswith(b"POST /user_may_invite HTTP/1.1\r\n")
+    protocol.dataReceived(OK)
+    assert second.called and second.result.allowed
+    clock.advance(59.999)
+    assert not transport.disconnecting
+    clock.advance(0.001)
+    assert transport.disconnecting, "still open after a minute idle"
