@@ -2,8 +2,8 @@
 
 Most tests run the check in this process: `run_check` (the command minus argument parsing and
 printing), or the command line itself (`cli`: the arguments parsed, the report printed, the
-exit code returned). Two run the command as a real subprocess, as an admin would, to prove the
-entry point (`python -m synapse_http_antispam`, the console script's `main`) works.
+exit code returned). One runs the command as a real subprocess, as an admin would, to prove the
+entry point (`python -m synapse_http_antispam`, the console script's `main`) works end to end.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from synapse_http_antispam.check import (
     synapse_info,
     synthetic_payload,
 )
-from synapse_http_antispam.check.cli import command, parse_args
+from synapse_http_antispam.check.cli import command, main, parse_args
 from synapse_http_antispam.config import parse_config
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
 
@@ -502,11 +502,12 @@ async def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    result = subprocess_cli()  # the entry point, with no command: its help and exit 2
-    assert result.returncode == EXIT_CONFIG
-    assert "check" in result.stderr
     with pytest.raises(SystemExit) as raised:
-        parse_args(["check"])
+        main([])  # no command: the help, and exit 2
+    assert raised.value.code == EXIT_CONFIG
+    assert "check" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as raised:
+        main(["check"])
     assert raised.value.code == EXIT_CONFIG  # -c is required
     assert "-c/--config-path" in capsys.readouterr().err
 
