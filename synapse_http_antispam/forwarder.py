@@ -200,7 +200,7 @@ class Forwarder:
 
     def report(self, name: str, verdict: Verdict) -> None:
         why = "async" if name in self._config.background else "report_only"
-        report_verdict(self.log, name, verdict, why)
+        report_verdict(self.log, name, verdict, why, secret=self._config.token)
 
     async def _check(
         self, name: str, kind: Kind, body: bytes, request_id: str
