@@ -133,7 +133,9 @@ def render_text(report: Report, colour: bool = False) -> str:
     _field(out, "config", ", ".join(report.files) or "-")
     info = report.synapse
     if info is not None:
-        _field(out, "Synapse", f"{info.version}: {info.return_forms}")
+        _field(out, "Synapse", info.version)
+        if info.refusals:
+            _field(out, "", info.refusals)
         modules = (
             "no modules: section"
             if info.modules is None

@@ -138,6 +138,7 @@ class Report:
             else {
                 "version": info.version,
                 "return_forms": info.return_forms,
+                "refusals": info.refusals,
                 "modules": None if info.modules is None else sorted(info.modules),
                 "spam_checker": sorted(info.spam_checker),
             },

@@ -1,0 +1,92 @@
+"""What `check` tells an admin, in the admin's words, tested on the pure functions behind it
+(the whole command against a live server is tests/unit/test_check.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+
+from synapse_http_antispam.check.installed import refusals_text
+from synapse_http_antispam.check.judge import judge
+from synapse_http_antispam.check.rows import Row, row_for
+from synapse_http_antispam.config import Config, parse_config
+from synapse_http_antispam.synapse_compat import BOOLS_ONLY, Capabilities
+from synapse_http_antispam.verdict import ALLOW, NOT_IMPLEMENTED
+
+
+def test_the_synapse_line_says_what_users_see_of_a_refusal() -> None:
+    """Not the version layer's "NOT_SPAM/Codes; (Codes, dict)": what reaches the user."""
+    eras = [
+        BOOLS_ONLY,
+        Capabilities((1, 62, 0), gates_take_codes=True),
+        Capabilities((1, 63, 0), gates_take_codes=True, tuples=True),
+    ]
+    texts = [refusals_text(caps) for caps in eras]
+    assert texts == [
+        "refusals show users Synapse's own M_FORBIDDEN, without the antispam server's errcode "
+        "(Synapse 1.63 shows its errcode and message)",
+        "refusals show users the antispam server's errcode (for messages, its message "
+        "instead); Synapse 1.63 shows both",
+        "refusals show users the antispam server's errcode, message and extra fields",
+    ]
+    for text in texts:
+        assert "NOT_SPAM" not in text and "Codes" not in text
+
+
+def _draupnir_rows(config: Config) -> list[Row]:
+    """Draupnir's answers to the default config: its three routes served, the rest a 404."""
+    served = ("check_event_for_spam", "user_may_join_room", "user_may_invite")
+    return [
+        row_for(
+            n, config, ALLOW if n in served else attrs.evolve(NOT_IMPLEMENTED, http_status=404)
+        )
+        for n in (
+            "check_event_for_spam",
+            "user_may_join_room",
+            "user_may_invite",
+            "user_may_create_room",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw, rest",
+    [
+        (
+            {},
+            ". Draupnir's docs also set fail_open: {user_may_join_room: true, user_may_invite: "
+            'true} and async: {check_event_for_spam: true} (README "With Draupnir")',
+        ),
+        (
+            {"fail_open": {"user_may_invite": True}, "async": {"check_event_for_spam": True}},
+            ". Draupnir's docs also set fail_open: {user_may_join_room: true} "
+            '(README "With Draupnir")',
+        ),
+        (
+            {
+                "fail_open": {"user_may_invite": True, "user_may_join_room": True},
+                "async": {"check_event_for_spam": True},
+            },
+            "",
+        ),
+    ],
+)
+def test_the_suggestion_behind_draupnir_keeps_its_documented_policy(
+    raw: dict[str, Any], rest: str
+) -> None:
+    """A list of callbacks alone would leave invites and joins failing closed and messages
+    waiting; the suggestion names what Draupnir's docs set and this config lacks."""
+    config = parse_config({"base_url": "http://localhost:8080/api/1/spam_check/", **raw})
+    _, [warning] = judge(config, False, None, _draupnir_rows(config))
+    suggested = (
+        "set enabled_callbacks: [check_event_for_spam, user_may_join_room, user_may_invite]"
+    )
+    assert warning.endswith(suggested + rest)
+
+
+def test_other_servers_get_the_list_alone() -> None:
+    config = parse_config({"base_url": "http://localhost:8081/antispam"})
+    _, [warning] = judge(config, False, None, _draupnir_rows(config))
+    assert warning.endswith("user_may_join_room, user_may_invite]")
