@@ -31,6 +31,7 @@ from synapse_http_antispam.check.homeserver import (
     find_entries,
     format_config_error,
     read_config_files,
+    shared_labels,
     validate,
 )
 from synapse_http_antispam.check.installed import SynapseInfo, synapse_info, would_send
@@ -89,6 +90,7 @@ __all__ = [
     "render_text",
     "row_for",
     "run_check",
+    "shared_labels",
     "summary",
     "synapse_info",
     "synthetic_payload",

@@ -214,3 +214,33 @@ def doubled(checked: Sequence[tuple[Entry, str, frozenset[str]]]) -> list[str]:
                     "enabled_callbacks."
                 )
     return fatal
+
+
+def shared_labels(checked: Sequence[tuple[Entry, Config]]) -> list[str]:
+    """Warnings for valid entries that logs and metrics cannot tell apart.
+
+    Each entry's metric series carry its `name`, else its base_url, as the `server` label, and
+    its log lines start with the same: two entries with one base_url and no `name` (or with
+    one `name`) write into the same series, so a dashboard adds them up and an alert cannot
+    say which one failed. Legal, but rarely meant.
+    """
+    by_label: dict[str, list[tuple[Entry, Config]]] = {}
+    for entry, config in checked:
+        by_label.setdefault(config.label, []).append((entry, config))
+    warnings = []
+    for label, same in by_label.items():
+        if len(same) < 2:
+            continue
+        places = " and ".join(entry.where for entry, _ in same)
+        why = (
+            "the same `name`"
+            if all(config.name is not None for _, config in same)
+            else "the same base_url and no `name`"
+        )
+        warnings.append(
+            f"{places} have {why}, so they share one label, {label!r}: their metric series "
+            f"(server={label!r}) add up and their log lines ([{label}]) look alike, so neither a "
+            "dashboard nor an alert can say which entry failed. Give each entry its own `name` "
+            "(for instance `name: invites` and `name: messages`)."
+        )
+    return warnings

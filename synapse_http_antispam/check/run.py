@@ -20,6 +20,7 @@ from synapse_http_antispam.check.homeserver import (
     find_config_files,
     find_entries,
     read_config_files,
+    shared_labels,
     validate,
 )
 from synapse_http_antispam.check.installed import SynapseInfo, synapse_info, would_send
@@ -113,6 +114,7 @@ def prepare(options: Options) -> tuple[Report, list[tuple[Instance, Config]]]:
     report.fatal.extend(
         doubled([(i.entry, c.base_url, frozenset(i.door_callbacks or ())) for i, c in valid])
     )
+    report.general_warnings.extend(shared_labels([(i.entry, c) for i, c in valid]))
     return report, valid
 
 

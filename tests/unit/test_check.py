@@ -817,3 +817,24 @@ async def test_one_entry_invalid_one_valid(tmp_path: Path, server: AntispamServe
     bad, good = report.instances
     assert bad.config_errors and bad.label.endswith("<item 0>")
     assert good.exit_code == EXIT_OK
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_entries_sharing_a_label_are_told_apart(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Same base_url, no name: one metric series and one log prefix for both; a warning says
+    so and suggests `name`, and the text names each section by its place (issue 29)."""
+    path = several(
+        tmp_path,
+        {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]},
+        {"base_url": server.base_url, "enabled_callbacks": ["check_event_for_spam"]},
+    )
+    report = await check(path, network=False)
+    assert report.exit_code == EXIT_OK
+    [warning] = report.warnings
+    assert "same base_url and no `name`" in warning and "own `name`" in warning
+    text = render_text(report)
+    section = "modules" if MODERN else "spam_checker"
+    for i in (0, 1):
+        assert f"== {server.base_url} ({section}.<item {i}>) ==" in text

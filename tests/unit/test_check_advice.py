@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
+from synapse_http_antispam.check.homeserver import Entry, shared_labels
 from synapse_http_antispam.check.installed import refusals_text
 from synapse_http_antispam.check.judge import judge
 from synapse_http_antispam.check.rows import Row, row_for
@@ -90,3 +91,22 @@ def test_other_servers_get_the_list_alone() -> None:
     config = parse_config({"base_url": "http://localhost:8081/antispam"})
     _, [warning] = judge(config, False, None, _draupnir_rows(config))
     assert warning.endswith("user_may_join_room, user_may_invite]")
+
+
+def test_entries_sharing_a_label_are_named_with_the_reason() -> None:
+    def entry(i: int, **raw: Any) -> tuple[Entry, Config]:
+        e = Entry("modules", ("modules", f"<item {i}>"), "synapse_http_antispam.HTTPAntispam", raw)
+        return e, parse_config(raw)
+
+    a = entry(0, base_url="http://a/x", name="policy")
+    b = entry(1, base_url="http://b/y", name="policy")
+    c = entry(2, base_url="http://a/x")
+    d = entry(3, base_url="http://a/x/")
+    assert shared_labels([a, c]) == []
+    [same_name] = shared_labels([a, b])
+    assert same_name.startswith("modules.<item 0> and modules.<item 1> have the same `name`")
+    [same_url] = shared_labels([a, c, d])
+    assert same_url.startswith(
+        "modules.<item 2> and modules.<item 3> have the same base_url and no `name`, so they "
+        "share one label, 'http://a/x'"
+    )
