@@ -121,8 +121,16 @@ def find_entries(config: Mapping[str, Any]) -> list[Entry]:
     return entries
 
 
-def entry_problems(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
-    """(fatal problems, warnings) about where and how often the module is named."""
+def entry_problems(
+    entries: Sequence[Entry], has_modules: bool | None = None
+) -> tuple[list[str], list[str]]:
+    """(fatal problems, warnings) about where and how often the module is named.
+
+    `has_modules`: whether the installed Synapse has the module API (1.37+); None when
+    Synapse is not importable. A class in the other door's section is an error where it
+    cannot work as meant (the legacy class under `modules:` registers nothing; the modern one
+    under `spam_checker:` stops Synapse before 1.37), and a warning where it works.
+    """
     fatal: list[str] = []
     warnings: list[str] = []
     if not entries:
@@ -142,10 +150,18 @@ def entry_problems(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
                 f"{e.where}: {LEGACY_CLASS} under `modules:` registers no callbacks, so nothing "
                 f"would be checked. Use {MODULE_CLASS} there."
             )
+        elif e.door == "modules" and e.section == "spam_checker" and has_modules is False:
+            fatal.append(
+                f"{e.where}: {MODULE_CLASS} under `spam_checker:` needs the module API of "
+                f"Synapse 1.37+, so this Synapse would fail to start. Use {LEGACY_CLASS} there "
+                "(the same `config:`)."
+            )
         elif e.door == "modules" and e.section == "spam_checker":
             warnings.append(
-                f"{e.where}: {MODULE_CLASS} belongs under `modules:`; under `spam_checker:` it "
-                f"works only on Synapse 1.37+ (use {LEGACY_CLASS} for the legacy section)."
+                f"{e.where}: {MODULE_CLASS} belongs under `modules:`. Under `spam_checker:` it "
+                "works from Synapse 1.37 (it registers its callbacks as under `modules:`), but "
+                "Synapse calls the section deprecated, and before 1.37 it fails to start: move "
+                f"the entry to `modules:` (or use {LEGACY_CLASS} for the legacy section)."
             )
     return fatal, warnings
 
