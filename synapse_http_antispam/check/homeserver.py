@@ -48,6 +48,18 @@ def find_config_files(paths: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def read_config_files(files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """Synapse's merge: each file's top-level keys replace the same keys of earlier files."""
+    merged, notes, _ = read_config(files)
+    return merged, notes
+
+
+def read_config(files: Sequence[str]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Synapse's merge, and warnings where it drops module entries: (merged, notes, warnings).
+
+    Synapse merges config files key by key (`dict.update`), so a later file's `modules:`
+    replaces the whole list of an earlier one instead of adding to it. A conf.d file holding
+    this module's entry then silently unloads every other module of homeserver.yaml, or
+    another module's file unloads this one. Synapse starts either way and says nothing.
+    """
     try:
         import yaml
     except ImportError:
@@ -59,6 +71,9 @@ def read_config_files(files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     if not files:
         raise CheckError("no config files found")
+    # For each module section: the file whose value is in `merged` now.
+    section_from: dict[str, str] = {}
+    warnings: list[str] = []
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
@@ -70,8 +85,43 @@ def read_config_files(files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(loaded, dict):
             notes.append(f"{path}: empty or not a key-value map, ignored (as Synapse does)")
             continue
+        for section in ("modules", "spam_checker"):
+            if section not in loaded:
+                continue
+            if section in section_from:
+                lost = _modules_of(merged.get(section)) - _modules_of(loaded[section])
+                if lost:
+                    warnings.append(_replaced(section, section_from[section], path, lost))
+            section_from[section] = path
         merged.update(loaded)
-    return merged, notes
+    return merged, notes, warnings
+
+
+def _modules_of(section: Any) -> set[str]:
+    """The module names a `modules:` or `spam_checker:` value lists (a list, or one mapping)."""
+    items = [section] if isinstance(section, Mapping) else section
+    if not isinstance(items, list):
+        return set()
+    return {
+        item["module"]
+        for item in items
+        if isinstance(item, Mapping) and isinstance(item.get("module"), str)
+    }
+
+
+def _replaced(section: str, earlier: str, later: str, lost: set[str]) -> str:
+    names = ", ".join(sorted(lost))
+    ours = any(name.split(".")[0] == PACKAGE for name in lost)
+    consequence = (
+        f"so Synapse does not load {names}" + (" (this module)" if ours else "")
+        if len(lost) == 1
+        else f"so Synapse loads none of {names}"
+    )
+    return (
+        f"{later} has a `{section}:` section, which replaces the whole `{section}:` of "
+        f"{earlier} (Synapse merges config files key by key, not list by list), {consequence}. "
+        f"Put every entry in one `{section}:` list, in one of the two files."
+    )
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from synapse_http_antispam.check.homeserver import (
     entry_problems,
     find_config_files,
     find_entries,
-    read_config_files,
+    read_config,
     shared_labels,
     validate,
 )
@@ -83,8 +83,9 @@ def prepare(options: Options) -> tuple[Report, list[tuple[Instance, Config]]]:
     try:
         report.files, notes = find_config_files(options.config_paths)
         report.notes.extend(notes)
-        merged, notes = read_config_files(report.files)
+        merged, notes, replaced = read_config(report.files)
         report.notes.extend(notes)
+        report.general_warnings.extend(replaced)
     except CheckError as e:
         report.fatal.append(str(e))
         return report, []

@@ -1,14 +1,22 @@
-"""What `check` tells an admin, in the admin's words, tested on the pure functions behind it
-(the whole command against a live server is tests/unit/test_check.py)."""
+"""What `check` tells an admin, in the admin's words, tested on the functions behind it and on
+checks that send nothing (the whole command against a live server is tests/unit/test_check.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import pytest_twisted
 
-from synapse_http_antispam.check.homeserver import Entry, shared_labels
+from synapse_http_antispam.check import EXIT_CONFIG, EXIT_OK, Options, run_check, synapse_info
+from synapse_http_antispam.check.homeserver import (
+    MODULE_CLASS,
+    Entry,
+    read_config,
+    shared_labels,
+)
 from synapse_http_antispam.check.installed import refusals_text
 from synapse_http_antispam.check.judge import judge
 from synapse_http_antispam.check.rows import Row, row_for
@@ -110,3 +118,50 @@ def test_entries_sharing_a_label_are_named_with_the_reason() -> None:
         "modules.<item 2> and modules.<item 3> have the same base_url and no `name`, so they "
         "share one label, 'http://a/x'"
     )
+
+
+def _conf_d(tmp_path: Path, main: list[str], extra: list[str]) -> tuple[Path, Path, Path]:
+    """homeserver.yaml and conf.d/ as Debian lays them out, each with a `modules:` list."""
+    import yaml
+
+    def entries(names: list[str]) -> list[dict[str, Any]]:
+        return [{"module": n, "config": {"base_url": "http://127.0.0.1:9"}} for n in names]
+
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir(parents=True)
+    main_file, extra_file = tmp_path / "homeserver.yaml", conf_d / "modules.yaml"
+    main_file.write_text(yaml.safe_dump({"server_name": "x", "modules": entries(main)}))
+    extra_file.write_text(yaml.safe_dump({"modules": entries(extra)}))
+    return main_file, conf_d, extra_file
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_conf_d_modules_list_replacing_another_is_named_with_both_files(
+    tmp_path: Path,
+) -> None:
+    """Synapse merges files key by key: the later `modules:` list replaces the earlier one."""
+    main_file, conf_d, extra_file = _conf_d(tmp_path, ["other.Module"], [MODULE_CLASS])
+    report = await run_check(Options((str(main_file), str(conf_d)), network=False))
+    info = synapse_info()
+    # (Before Synapse 1.37, `modules:` itself is the configuration error.)
+    assert report.exit_code == (EXIT_CONFIG if info and info.modules is None else EXIT_OK)
+    [warning] = report.warnings
+    assert warning.startswith(
+        f"{extra_file} has a `modules:` section, which replaces the whole `modules:` of "
+        f"{main_file}"
+    )
+    assert "so Synapse does not load other.Module." in warning
+
+    # The reverse: this module in homeserver.yaml, another module's file in conf.d.
+    main_file, conf_d, extra_file = _conf_d(tmp_path / "b", [MODULE_CLASS], ["other.Module"])
+    report = await run_check(Options((str(main_file), str(conf_d)), network=False))
+    assert report.exit_code == EXIT_CONFIG
+    assert "is not configured" in report.fatal[0]
+    [warning] = report.warnings
+    assert str(extra_file) in warning and str(main_file) in warning
+    assert f"so Synapse does not load {MODULE_CLASS} (this module)" in warning
+
+
+def test_the_same_modules_listed_again_lose_nothing(tmp_path: Path) -> None:
+    main_file, _, extra_file = _conf_d(tmp_path, [MODULE_CLASS], ["other.Module", MODULE_CLASS])
+    assert read_config([str(main_file), str(extra_file)])[2] == []
