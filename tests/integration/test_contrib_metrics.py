@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from synapse_http_antispam.verdict import Failure, Outcome
 from tests.integration.conftest import HAS_MODULES, BootSynapse, module_config
 from tests.support.antispam_server import AntispamServer, Behaviour
 from tests.support.metric_refs import all_references, family
@@ -106,3 +107,45 @@ def test_every_metric_and_label_of_the_rules_and_dashboard_exists(
             elif name in seen and not labels <= seen[name]:
                 missing.append(f"{where}: {name} has no label {sorted(labels - seen[name])}")
     assert missing == [], "\n".join(missing)
+
+
+def test_the_series_alerts_count_exist_at_zero_right_after_startup(
+    boot: BootSynapse, antispam: AntispamServer
+) -> None:
+    """Before any call, every enabled callback has its decision series (each outcome) and
+    failure series (each reason) at 0, and each `async` callback its dropped series: the first
+    failure is then an increase the alert rules see (issue 29). The rules' guard for events
+    before the first scrape reads process_start_time_seconds, which must be there too."""
+    enabled = ["user_may_invite", "check_event_for_spam"]
+    config = module_config(
+        antispam.base_url, enabled_callbacks=enabled, **{"async": {"check_event_for_spam": True}}
+    )
+    text = boot("modules", config).metrics()
+    assert antispam.requests == []
+    [server] = {
+        dict(labels)["server"]
+        for labels in samples(text, "synapse_http_antispam_timeout_seconds")
+        if ("callback", "user_may_invite") in labels
+    }
+    decisions = samples(text, "synapse_http_antispam_decisions_total")
+    failures = samples(text, "synapse_http_antispam_failures_total")
+    dropped = samples(text, "synapse_http_antispam_background_dropped_total")
+    for callback in enabled:
+        for outcome in Outcome:
+            key = {"server": server, "callback": callback, "outcome": outcome.value}
+            assert decisions.get(frozenset(key.items())) == 0, key
+        for failure in Failure:
+            key = {"server": server, "callback": callback, "reason": failure.value}
+            assert failures.get(frozenset(key.items())) == 0, key
+    assert dropped == {
+        frozenset({"server": server, "callback": "check_event_for_spam"}.items()): 0
+    }
+    assert re.search(r"^process_start_time_seconds \S+$", text, re.M)
+
+
+def samples(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Every sample of `name`: its labels -> its value."""
+    found: dict[frozenset[tuple[str, str]], float] = {}
+    for labels, value in re.findall(rf"^{name}\{{(.*?)\}} (\S+)$", text, re.M):
+        found[frozenset(re.findall(r'(\w+)="([^"]*)"', labels))] = float(value)
+    return found
