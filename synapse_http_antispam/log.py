@@ -8,7 +8,7 @@ string its metrics carry in the `server` label.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, Union
 
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
@@ -39,15 +39,15 @@ def _shortened(text: str) -> str:
 
 
 def report_verdict(
-    log: Log, name: str, verdict: Verdict, unenforced_because: str, secret: str | None = None
+    log: Log, name: str, verdict: Verdict, unenforced_because: str, secrets: Iterable[str] = ()
 ) -> None:
     """One WARNING per failure (callback, outcome, reason, duration, status, the server's own
     error text, request id), and one INFO per refusal not enforced (`report_only`, `async`:
     callback, errcode, message, request id). Never the token, nor the request body.
 
     The server's error text (`detail`) is what tells "the token is wrong" from "the room is
-    wrong" without running `check`; a server could echo the token in it, so `secret` (the
-    token) is masked there.
+    wrong" without running `check`; a server could echo the token in it, so `secrets` (the
+    tokens the module sends) are masked there.
 
     Calls skipped by an open breaker are not logged one by one; the breaker logs opening and
     closing, and metrics count them.
@@ -69,8 +69,9 @@ def report_verdict(
     if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
         return
     detail = verdict.detail
-    if secret and detail:
-        detail = detail.replace(secret, "<token>")
+    for secret in secrets:
+        if secret:
+            detail = detail.replace(secret, "<token>")
     log.warning(
         "Antispam %s: %s (%s) after %.0f ms%s%s [X-Request-ID %s]",
         name,

@@ -93,3 +93,23 @@ async def test_the_warning_line_says_what_the_server_said_but_not_the_token(
     assert "failed_closed (auth)" in line and ", HTTP 401: " in line
     assert "'M_UNKNOWN_TOKEN: Invalid authorization token <token>'" in line
     assert "wrong-secret" not in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rotated_token_is_masked_too(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After `authorization_path` rotates, the new token and the one before it (a request in
+    flight may carry it) stay out of the log line."""
+    caplog.set_level(logging.WARNING, "synapse_http_antispam")
+    body = {"errcode": "M_UNKNOWN_TOKEN", "error": "neither old-secret nor new-secret"}
+    server.set("user_may_invite", Behaviour(status=401, body=json.dumps(body).encode()))
+    config = {"base_url": server.base_url, "timeout": 1.0, "authorization": "old-secret"}
+    f = Forwarder(parse_config(config))
+    try:
+        f.use_token("new-secret")
+        await f.check("user_may_invite", Kind.GATE, INVITE)
+    finally:
+        await f.close()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'M_UNKNOWN_TOKEN: neither <token> nor <token>'" in line

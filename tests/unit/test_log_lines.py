@@ -142,7 +142,7 @@ def test_a_failure_quotes_the_servers_own_words_shortened_without_the_token(
         shown = attrs.evolve(
             verdict, http_status=401, seconds=0.006, request_id="ab-9", detail=detail
         )
-        report_verdict(log, "user_may_invite", shown, "report_only", secret="s3cr3t-t0ken")
+        report_verdict(log, "user_may_invite", shown, "report_only", secrets=["s3cr3t-t0ken"])
     assert said(caplog) == [
         (
             "WARNING",
