@@ -121,12 +121,17 @@ _DRAUPNIR_PATH = "/api/1/spam_check"
 
 def _draupnir_policy(config: Config, served: Sequence[str]) -> str:
     """The rest of Draupnir's documented config for the callbacks kept, where this config
-    lacks it: a list of callbacks alone would keep invites and joins failing closed, so a
-    Draupnir outage would refuse them all, and make every message wait for an answer that is
-    always `200 {}` (Draupnir only watches messages)."""
+    leaves them at their defaults: a list of callbacks alone would keep invites and joins
+    failing closed, so a Draupnir outage would refuse them all, and make every message wait
+    for an answer that is always `200 {}` (Draupnir only watches messages). A `fail_open` the
+    admin wrote (a by-origin one included) is theirs to keep."""
     if not config.base_url.rstrip("/").endswith(_DRAUPNIR_PATH):
         return ""
-    fail_open = [n for n in served if n != "check_event_for_spam" and not config.fails_open(n)]
+    fail_open = [
+        n
+        for n in served
+        if n != "check_event_for_spam" and n not in config.fail_open and not config.fails_open(n)
+    ]
     make_async = [n for n in served if n == "check_event_for_spam" and n not in config.background]
     parts = []
     if fail_open:

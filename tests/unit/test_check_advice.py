@@ -80,6 +80,13 @@ def _draupnir_rows(config: Config) -> list[Row]:
             },
             "",
         ),
+        (  # what the admin wrote stays theirs, even failing closed
+            {
+                "fail_open": {"user_may_invite": False, "user_may_join_room": False},
+                "async": {"check_event_for_spam": True},
+            },
+            "",
+        ),
     ],
 )
 def test_the_suggestion_behind_draupnir_keeps_its_documented_policy(
