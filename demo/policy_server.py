@@ -3,10 +3,10 @@
 It blocks listed users from inviting and joining, and listed words in messages and in room
 names and topics. Standard library only. Run it standalone:
 
-    python demo/policy_server.py --port 8008 --token T \\
-        --block-user @mallory:demo.local --block-word viagra
+    python demo/policy_server.py --token T --block-user @mallory:demo.local --block-word viagra
 
-and point the module at it (`base_url: http://127.0.0.1:8008`, `authorization: T`).
+and point the module at it (`base_url: http://127.0.0.1:8081`, `authorization: T`). It listens
+on port 8081 unless told otherwise (`--port`), not on 8008: that is Synapse's own client port.
 
 The protocol (README, "Wire protocol"): the module POSTs a JSON object to /<callback>. Any 2xx
 allows; a 4xx (except 401 and 407) with a JSON object rejects, and its `errcode`, `error` and
@@ -34,6 +34,8 @@ ALLOW: Answer = (200, {})
 # Callbacks whose answers the module may reuse, and for how many seconds. A block added to the
 # policy reaches a search at most this late; leave a callback out to be asked every time.
 REUSE_SECONDS = {"check_username_for_spam": 60}
+# Beside Synapse (8008, 8448), Draupnir (8080) and Meowlnir (29339) on one machine.
+DEFAULT_PORT = 8081
 
 
 def forbidden(message: str) -> Answer:
@@ -156,7 +158,7 @@ def serve(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Example policy server for synapse-http-antispam")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8008)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--token", help="the bearer token expected (the module's authorization)")
     parser.add_argument("--block-user", action="append", default=[], metavar="@USER:SERVER")
     parser.add_argument("--block-word", action="append", default=[], metavar="WORD")

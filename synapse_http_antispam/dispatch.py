@@ -36,6 +36,7 @@ class Dispatcher:
         self._observer = PrometheusObserver(
             config.label,
             {name: config.timeout_for(name) for name in CALLBACKS if config.is_enabled(name)},
+            background=[name for name in config.background if config.is_enabled(name)],
         )
         self.token_file: TokenFile | None = None
         self.forwarder = Forwarder(

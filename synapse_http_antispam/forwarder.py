@@ -66,6 +66,9 @@ class Forwarder:
 
             reactor = default_reactor
         self._config = config
+        # The tokens to mask in log lines: the one sent now, and the one before a rotation
+        # (a request in flight may carry it, and a server may echo it back).
+        self._tokens: list[str] = [config.token] if config.token else []
         self._reactor = reactor
         self._observer: Observer = observer or NullObserver()
         self.url = config.base_url  # free of credentials: the config refuses them
@@ -115,6 +118,7 @@ class Forwarder:
     def use_token(self, token: str) -> None:
         """Send this bearer token from the next request on (`authorization_path` rotated)."""
         self._wire.set_header("Authorization", f"Bearer {token}")
+        self._tokens = [token, *self._tokens[:1]]
 
     def _next_request_id(self) -> str:
         self._request_count += 1
@@ -200,7 +204,7 @@ class Forwarder:
 
     def report(self, name: str, verdict: Verdict) -> None:
         why = "async" if name in self._config.background else "report_only"
-        report_verdict(self.log, name, verdict, why)
+        report_verdict(self.log, name, verdict, why, secrets=self._tokens)
 
     async def _check(
         self, name: str, kind: Kind, body: bytes, request_id: str

@@ -8,7 +8,7 @@ string its metrics carry in the `server` label.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, Union
 
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
@@ -31,10 +31,23 @@ def instance_log(name: str, label: str) -> InstanceLog:
     return InstanceLog(logging.getLogger(name), label)
 
 
-def report_verdict(log: Log, name: str, verdict: Verdict, unenforced_because: str) -> None:
-    """One WARNING per failure (callback, outcome, reason, duration, status, request id), and
-    one INFO per refusal not enforced (`report_only`, `async`: callback, errcode, message,
-    request id). Never the token, nor the request body.
+SHOWN_CHARS = 200
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def report_verdict(
+    log: Log, name: str, verdict: Verdict, unenforced_because: str, secrets: Iterable[str] = ()
+) -> None:
+    """One WARNING per failure (callback, outcome, reason, duration, status, the server's own
+    error text, request id), and one INFO per refusal not enforced (`report_only`, `async`:
+    callback, errcode, message, request id). Never the token, nor the request body.
+
+    The server's error text (`detail`) is what tells "the token is wrong" from "the room is
+    wrong" without running `check`; a server could echo the token in it, so `secrets` (the
+    tokens the module sends) are masked there.
 
     Calls skipped by an open breaker are not logged one by one; the breaker logs opening and
     closing, and metrics count them.
@@ -43,8 +56,7 @@ def report_verdict(log: Log, name: str, verdict: Verdict, unenforced_because: st
         if verdict.would_shadow_ban:
             asked = "would shadow-ban"
         else:
-            message = verdict.message or ""
-            message = message if len(message) <= 200 else message[:197] + "..."
+            message = _shortened(verdict.message or "")
             asked = f"would reject: {verdict.errcode} {message!r}"
         log.info(
             "Antispam %s %s (%s, not enforced) after %.0f ms [X-Request-ID %s]",
@@ -56,12 +68,17 @@ def report_verdict(log: Log, name: str, verdict: Verdict, unenforced_because: st
         )
     if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
         return
+    detail = verdict.detail
+    for secret in secrets:
+        if secret:
+            detail = detail.replace(secret, "<token>")
     log.warning(
-        "Antispam %s: %s (%s) after %.0f ms%s [X-Request-ID %s]",
+        "Antispam %s: %s (%s) after %.0f ms%s%s [X-Request-ID %s]",
         name,
         verdict.outcome.value,
         verdict.failure.value,
         verdict.seconds * 1000,
         f", HTTP {verdict.http_status}" if verdict.http_status is not None else "",
+        f": {_shortened(detail)!r}" if detail else "",
         verdict.request_id,
     )

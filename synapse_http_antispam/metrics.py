@@ -9,10 +9,10 @@ works without prometheus_client installed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from synapse_http_antispam.verdict import Verdict
+from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 
 
 class Observer(Protocol):
@@ -132,12 +132,32 @@ def _create() -> dict[str, Any] | None:
 
 
 class PrometheusObserver:
-    def __init__(self, server: str, timeouts: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        timeouts: Mapping[str, float] | None = None,
+        background: Iterable[str] = (),
+    ) -> None:
+        """`timeouts`: each enabled callback, with its deadline; `background`: the `async` ones.
+
+        Every enabled callback's decision series (one per outcome) and failure series (one per
+        reason), and each `async` callback's dropped series, are created here at 0. A counter
+        series that first appears at 1 has no increase for Prometheus to see (`increase()`
+        needs two samples), so without them the first failure after a start, the one an admin
+        most needs to hear about (a wrong token, one refused invite on a small server), would
+        never raise an alert.
+        """
         self._m = _create()
         self._server = server
         if self._m is not None:
             for callback, seconds in (timeouts or {}).items():
                 self._m["timeout"].labels(server, callback).set(seconds)
+                for outcome in Outcome:
+                    self._m["decisions"].labels(server, callback, outcome.value)
+                for failure in Failure:
+                    self._m["failures"].labels(server, callback, failure.value)
+            for callback in background:
+                self._m["dropped"].labels(server, callback)
             self._m["breaker"].labels(server).set(0)
             self._m["in_flight"].labels(server)
 

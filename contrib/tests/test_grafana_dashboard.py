@@ -3,6 +3,7 @@ dashboard's variables and names only metrics and label values the module has."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from tests.support.metric_refs import (
@@ -56,3 +57,24 @@ def test_label_values_are_ones_the_module_documents() -> None:
     for name, expr in dashboard_exprs().items():
         for label, value in label_values(expr):
             assert f"`{value}`" in metrics.group(1), f"{name}: {label}={value!r} undocumented"
+
+
+def test_every_declared_input_is_used() -> None:
+    """An `__inputs` entry makes Grafana's import ask for a data source; one no panel uses
+    asks for nothing (the `datasource` variable picks it)."""
+    board = dashboard()
+    text = json.dumps({k: v for k, v in board.items() if k != "__inputs"})
+    for declared in board.get("__inputs", []):
+        assert f"${{{declared['name']}}}" in text, declared["name"]
+
+
+def test_every_metric_of_the_module_has_a_panel() -> None:
+    """Each metric the README's table lists is drawn somewhere (a new metric needs a panel)."""
+    metrics = re.search(
+        r"^## Metrics\n(.*?)(?=^## )", (ROOT / "README.md").read_text(), re.M | re.S
+    )
+    assert metrics
+    documented = set(re.findall(rf"^\| `({PREFIX}\w+)`", metrics.group(1), re.M))
+    assert len(documented) >= 10
+    drawn = " ".join(e for n, e in dashboard_exprs().items() if not n.startswith("variable"))
+    assert sorted(m for m in documented if m not in drawn) == []

@@ -12,7 +12,9 @@ text or JSON (`render`); `cli` is the command line.
 Exit codes: 0 everything the config enables works; 1 the antispam server does not work as
 configured (unreachable, timeouts, refused credentials, errors, unimplemented callbacks that the
 config names explicitly); 2 the configuration itself is wrong (Synapse would not start, or
-would load the module wrongly: twice for one server, through both doors, or the wrong class).
+would load the module wrongly: twice for one server, through both doors, or a class in the
+other door's section where it cannot work). What works but may not be meant (a server without
+`ping`, the modern class under `spam_checker:` on Synapse 1.37+) is a warning and leaves 0.
 With several entries (one per antispam server), the exit code is the worst of them.
 """
 
@@ -30,7 +32,9 @@ from synapse_http_antispam.check.homeserver import (
     find_config_files,
     find_entries,
     format_config_error,
+    read_config,
     read_config_files,
+    shared_labels,
     validate,
 )
 from synapse_http_antispam.check.installed import SynapseInfo, synapse_info, would_send
@@ -84,11 +88,13 @@ __all__ = [
     "ping_text",
     "prepare",
     "probe",
+    "read_config",
     "read_config_files",
     "render_json",
     "render_text",
     "row_for",
     "run_check",
+    "shared_labels",
     "summary",
     "synapse_info",
     "synthetic_payload",

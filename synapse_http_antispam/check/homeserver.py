@@ -48,6 +48,18 @@ def find_config_files(paths: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def read_config_files(files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """Synapse's merge: each file's top-level keys replace the same keys of earlier files."""
+    merged, notes, _ = read_config(files)
+    return merged, notes
+
+
+def read_config(files: Sequence[str]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Synapse's merge, and warnings where it drops module entries: (merged, notes, warnings).
+
+    Synapse merges config files key by key (`dict.update`), so a later file's `modules:`
+    replaces the whole list of an earlier one instead of adding to it. A conf.d file holding
+    this module's entry then silently unloads every other module of homeserver.yaml, or
+    another module's file unloads this one. Synapse starts either way and says nothing.
+    """
     try:
         import yaml
     except ImportError:
@@ -59,6 +71,9 @@ def read_config_files(files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     if not files:
         raise CheckError("no config files found")
+    # For each module section: the file whose value is in `merged` now.
+    section_from: dict[str, str] = {}
+    warnings: list[str] = []
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
@@ -70,8 +85,43 @@ def read_config_files(files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(loaded, dict):
             notes.append(f"{path}: empty or not a key-value map, ignored (as Synapse does)")
             continue
+        for section in ("modules", "spam_checker"):
+            if section not in loaded:
+                continue
+            if section in section_from:
+                lost = _modules_of(merged.get(section)) - _modules_of(loaded[section])
+                if lost:
+                    warnings.append(_replaced(section, section_from[section], path, lost))
+            section_from[section] = path
         merged.update(loaded)
-    return merged, notes
+    return merged, notes, warnings
+
+
+def _modules_of(section: Any) -> set[str]:
+    """The module names a `modules:` or `spam_checker:` value lists (a list, or one mapping)."""
+    items = [section] if isinstance(section, Mapping) else section
+    if not isinstance(items, list):
+        return set()
+    return {
+        item["module"]
+        for item in items
+        if isinstance(item, Mapping) and isinstance(item.get("module"), str)
+    }
+
+
+def _replaced(section: str, earlier: str, later: str, lost: set[str]) -> str:
+    names = ", ".join(sorted(lost))
+    ours = any(name.split(".")[0] == PACKAGE for name in lost)
+    consequence = (
+        f"so Synapse does not load {names}" + (" (this module)" if ours else "")
+        if len(lost) == 1
+        else f"so Synapse loads none of {names}"
+    )
+    return (
+        f"{later} has a `{section}:` section, which replaces the whole `{section}:` of "
+        f"{earlier} (Synapse merges config files key by key, not list by list), {consequence}. "
+        f"Put every entry in one `{section}:` list, in one of the two files."
+    )
 
 
 @attrs.frozen
@@ -121,8 +171,16 @@ def find_entries(config: Mapping[str, Any]) -> list[Entry]:
     return entries
 
 
-def entry_problems(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
-    """(fatal problems, warnings) about where and how often the module is named."""
+def entry_problems(
+    entries: Sequence[Entry], has_modules: bool | None = None
+) -> tuple[list[str], list[str]]:
+    """(fatal problems, warnings) about where and how often the module is named.
+
+    `has_modules`: whether the installed Synapse has the module API (1.37+); None when
+    Synapse is not importable. A class in the other door's section is an error where it
+    cannot work as meant (the legacy class under `modules:` registers nothing; the modern one
+    under `spam_checker:` stops Synapse before 1.37), and a warning where it works.
+    """
     fatal: list[str] = []
     warnings: list[str] = []
     if not entries:
@@ -142,10 +200,18 @@ def entry_problems(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
                 f"{e.where}: {LEGACY_CLASS} under `modules:` registers no callbacks, so nothing "
                 f"would be checked. Use {MODULE_CLASS} there."
             )
+        elif e.door == "modules" and e.section == "spam_checker" and has_modules is False:
+            fatal.append(
+                f"{e.where}: {MODULE_CLASS} under `spam_checker:` needs the module API of "
+                f"Synapse 1.37+, so this Synapse would fail to start. Use {LEGACY_CLASS} there "
+                "(the same `config:`)."
+            )
         elif e.door == "modules" and e.section == "spam_checker":
             warnings.append(
-                f"{e.where}: {MODULE_CLASS} belongs under `modules:`; under `spam_checker:` it "
-                f"works only on Synapse 1.37+ (use {LEGACY_CLASS} for the legacy section)."
+                f"{e.where}: {MODULE_CLASS} belongs under `modules:`. Under `spam_checker:` it "
+                "works from Synapse 1.37 (it registers its callbacks as under `modules:`), but "
+                "Synapse calls the section deprecated, and before 1.37 it fails to start: move "
+                f"the entry to `modules:` (or use {LEGACY_CLASS} for the legacy section)."
             )
     return fatal, warnings
 
@@ -214,3 +280,33 @@ def doubled(checked: Sequence[tuple[Entry, str, frozenset[str]]]) -> list[str]:
                     "enabled_callbacks."
                 )
     return fatal
+
+
+def shared_labels(checked: Sequence[tuple[Entry, Config]]) -> list[str]:
+    """Warnings for valid entries that logs and metrics cannot tell apart.
+
+    Each entry's metric series carry its `name`, else its base_url, as the `server` label, and
+    its log lines start with the same: two entries with one base_url and no `name` (or with
+    one `name`) write into the same series, so a dashboard adds them up and an alert cannot
+    say which one failed. Legal, but rarely meant.
+    """
+    by_label: dict[str, list[tuple[Entry, Config]]] = {}
+    for entry, config in checked:
+        by_label.setdefault(config.label, []).append((entry, config))
+    warnings = []
+    for label, same in by_label.items():
+        if len(same) < 2:
+            continue
+        places = " and ".join(entry.where for entry, _ in same)
+        why = (
+            "the same `name`"
+            if all(config.name is not None for _, config in same)
+            else "the same base_url and no `name`"
+        )
+        warnings.append(
+            f"{places} have {why}, so they share one label, {label!r}: their metric series "
+            f"(server={label!r}) add up and their log lines ([{label}]) look alike, so neither a "
+            "dashboard nor an alert can say which entry failed. Give each entry its own `name` "
+            "(for instance `name: invites` and `name: messages`)."
+        )
+    return warnings

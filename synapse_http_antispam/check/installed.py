@@ -12,6 +12,7 @@ from synapse_http_antispam.check.homeserver import (
 )
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.synapse_compat import (
+    Capabilities,
     describe,
     installed_register_function,
     registrable_callbacks,
@@ -29,6 +30,24 @@ class SynapseInfo:
     modules: frozenset[str] | None
     # Methods of the legacy door this release calls.
     spam_checker: frozenset[str]
+    # What a refusal shows the user on this release, in an admin's words.
+    refusals: str = ""
+
+
+def refusals_text(caps: Capabilities) -> str:
+    """What users see of a refusal on this release: the version layer's return forms
+    ("NOT_SPAM/Codes; (Codes, dict)") are Synapse's internals, not what an admin asks."""
+    if caps.tuples:
+        return "refusals show users the antispam server's errcode, message and extra fields"
+    if caps.gates_take_codes:
+        return (
+            "refusals show users the antispam server's errcode (for messages, its message "
+            "instead); Synapse 1.63 shows both"
+        )
+    return (
+        "refusals show users Synapse's own M_FORBIDDEN, without the antispam server's "
+        "errcode (Synapse 1.63 shows its errcode and message)"
+    )
 
 
 def synapse_info() -> SynapseInfo | None:
@@ -54,7 +73,7 @@ def synapse_info() -> SynapseInfo | None:
     caps = sniff()
     forms = describe(caps).split("; ", 1)[-1]
     version = caps.version_string if caps.version else synapse_version_string()
-    return SynapseInfo(version, forms, modules, legacy)
+    return SynapseInfo(version, forms, modules, legacy, refusals_text(caps))
 
 
 def would_send(

@@ -110,6 +110,34 @@ def judge(
         warnings.append(
             f"the server has no endpoint for {plural(len(unimplemented), 'callback')} "
             f"({', '.join(unimplemented)}); the module allows them unchecked. To stop sending "
-            f"them, set enabled_callbacks: [{', '.join(served)}]"
+            f"them, set enabled_callbacks: [{', '.join(served)}]{_draupnir_policy(config, served)}"
         )
     return problems, warnings
+
+
+# Draupnir's route prefix (`/api/1/spam_check/<callback>`), whatever host and port it is behind.
+_DRAUPNIR_PATH = "/api/1/spam_check"
+
+
+def _draupnir_policy(config: Config, served: Sequence[str]) -> str:
+    """The rest of Draupnir's documented config for the callbacks kept, where this config
+    leaves them at their defaults: a list of callbacks alone would keep invites and joins
+    failing closed, so a Draupnir outage would refuse them all, and make every message wait
+    for an answer that is always `200 {}` (Draupnir only watches messages). A `fail_open` the
+    admin wrote (a by-origin one included) is theirs to keep."""
+    if not config.base_url.rstrip("/").endswith(_DRAUPNIR_PATH):
+        return ""
+    fail_open = [
+        n
+        for n in served
+        if n != "check_event_for_spam" and n not in config.fail_open and not config.fails_open(n)
+    ]
+    make_async = [n for n in served if n == "check_event_for_spam" and n not in config.background]
+    parts = []
+    if fail_open:
+        parts.append(f"fail_open: {{{', '.join(f'{n}: true' for n in fail_open)}}}")
+    if make_async:
+        parts.append(f"async: {{{', '.join(f'{n}: true' for n in make_async)}}}")
+    if not parts:
+        return ""
+    return f'. Draupnir\'s docs also set {" and ".join(parts)} (README "With Draupnir")'

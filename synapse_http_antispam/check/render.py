@@ -90,10 +90,11 @@ def _rows(out: list[str], paint: _Paint, rows: Sequence[Row]) -> None:
         out.append(text)
 
 
-def _instance(out: list[str], paint: _Paint, instance: Instance, several: bool) -> None:
-    """One module entry's section: its config, ping, table, problems and warnings."""
-    if several:
-        out += ["", paint(f"== {instance.label} ==", "bold")]
+def _instance(out: list[str], paint: _Paint, instance: Instance, heading: str | None) -> None:
+    """One module entry's section: its config, ping, table, problems and warnings; headed
+    when there are several."""
+    if heading is not None:
+        out += ["", paint(f"== {heading} ==", "bold")]
     state = "config invalid" if instance.config_errors else "config valid"
     entry = instance.entry
     _field(out, "module", f"{entry.where}: {entry.module} ({state})")
@@ -116,10 +117,10 @@ def _instance(out: list[str], paint: _Paint, instance: Instance, several: bool) 
         _items(out, paint, "Allowed without a request (skip)", skips, "dim")
     _items(out, paint, "Problems", instance.problems, "red")
     _items(out, paint, "Warnings", instance.warnings, "yellow")
-    if several:
+    if heading is not None:
         code = instance.exit_code
         words = paint(*_VERDICT_WORDS[code])
-        out += ["", f"{instance.label}: {words}: {summary(report_of(instance))} (exit {code})"]
+        out += ["", f"{heading}: {words}: {summary(report_of(instance))} (exit {code})"]
 
 
 def report_of(instance: Instance) -> Report:
@@ -133,7 +134,9 @@ def render_text(report: Report, colour: bool = False) -> str:
     _field(out, "config", ", ".join(report.files) or "-")
     info = report.synapse
     if info is not None:
-        _field(out, "Synapse", f"{info.version}: {info.return_forms}")
+        _field(out, "Synapse", info.version)
+        if info.refusals:
+            _field(out, "", info.refusals)
         modules = (
             "no modules: section"
             if info.modules is None
@@ -149,7 +152,7 @@ def render_text(report: Report, colour: bool = False) -> str:
         )
     several = len(report.instances) > 1
     for instance in report.instances:
-        _instance(out, paint, instance, several)
+        _instance(out, paint, instance, report.heading(instance) if several else None)
     _items(out, paint, "Configuration problems", report.fatal, "red")
     _items(out, paint, "Warnings", report.general_warnings, "yellow")
     _items(out, paint, "Notes", report.notes, "dim")

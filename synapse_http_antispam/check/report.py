@@ -84,11 +84,18 @@ class Report:
         own = EXIT_CONFIG if self.fatal else EXIT_OK
         return max([own, *(i.exit_code for i in self.instances)])
 
+    def heading(self, instance: Instance) -> str:
+        """How the text names an instance: its label, and its place in the config when
+        another entry has the same label (same base_url, no `name`)."""
+        if sum(i.label == instance.label for i in self.instances) > 1:
+            return f"{instance.label} ({instance.entry.where})"
+        return instance.label
+
     def _each(self, field: str) -> list[str]:
-        """An instance list over every instance, named by label when there are several."""
+        """An instance list over every instance, named by heading when there are several."""
         several = len(self.instances) > 1
         return [
-            f"[{i.label}] {item}" if several else item
+            f"[{self.heading(i)}] {item}" if several else item
             for i in self.instances
             for item in getattr(i, field)
         ]
@@ -138,6 +145,7 @@ class Report:
             else {
                 "version": info.version,
                 "return_forms": info.return_forms,
+                "refusals": info.refusals,
                 "modules": None if info.modules is None else sorted(info.modules),
                 "spam_checker": sorted(info.spam_checker),
             },

@@ -19,7 +19,8 @@ from synapse_http_antispam.check.homeserver import (
     entry_problems,
     find_config_files,
     find_entries,
-    read_config_files,
+    read_config,
+    shared_labels,
     validate,
 )
 from synapse_http_antispam.check.installed import SynapseInfo, synapse_info, would_send
@@ -82,17 +83,19 @@ def prepare(options: Options) -> tuple[Report, list[tuple[Instance, Config]]]:
     try:
         report.files, notes = find_config_files(options.config_paths)
         report.notes.extend(notes)
-        merged, notes = read_config_files(report.files)
+        merged, notes, replaced = read_config(report.files)
         report.notes.extend(notes)
+        report.general_warnings.extend(replaced)
     except CheckError as e:
         report.fatal.append(str(e))
         return report, []
     report.entries = find_entries(merged)
-    fatal, warnings = entry_problems(report.entries)
-    report.fatal.extend(fatal)
-    report.general_warnings.extend(warnings)
     info = report.synapse = synapse_info()
     report.synapse_checked = True
+    has_modules = None if info is None else info.modules is not None
+    fatal, warnings = entry_problems(report.entries, has_modules)
+    report.fatal.extend(fatal)
+    report.general_warnings.extend(warnings)
     valid: list[tuple[Instance, Config]] = []
     for entry in report.entries:
         if entry.door is None:
@@ -104,7 +107,8 @@ def prepare(options: Options) -> tuple[Report, list[tuple[Instance, Config]]]:
         instance = _instance(entry, result, info)
         report.instances.append(instance)
         valid.append((instance, result))
-    modules = [i for i, _ in valid if i.entry.door == "modules"]
+    # (The modern class under `spam_checker:` on such a Synapse is entry_problems' error.)
+    modules = [i for i, _ in valid if i.entry.door == "modules" and i.entry.section == "modules"]
     if modules and info is not None and info.modules is None:
         report.fatal.append(
             f"Synapse {info.version} has no `modules:` section (it arrived in 1.37): use "
@@ -113,6 +117,7 @@ def prepare(options: Options) -> tuple[Report, list[tuple[Instance, Config]]]:
     report.fatal.extend(
         doubled([(i.entry, c.base_url, frozenset(i.door_callbacks or ())) for i, c in valid])
     )
+    report.general_warnings.extend(shared_labels([(i.entry, c) for i, c in valid]))
     return report, valid
 
 

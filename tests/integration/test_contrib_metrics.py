@@ -3,8 +3,9 @@ on a real Synapse's /metrics with the module loaded. The names and labels are re
 files (tests/support/metric_refs.py), so a renamed metric or label fails here, not in an
 admin's Grafana.
 
-The module is driven through everything that creates series: allowed and failed calls, a
-refused token, background checks dropped, the circuit breaker opening, probing and closing.
+The module is driven through everything that creates series: allowed, reused and failed
+calls, a refused token, background checks dropped, the circuit breaker opening, probing and
+closing, the health ping.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import pytest
 
+from synapse_http_antispam.verdict import Failure, Outcome
 from tests.integration.conftest import HAS_MODULES, BootSynapse, module_config
 from tests.support.antispam_server import AntispamServer, Behaviour
 from tests.support.metric_refs import all_references, family
@@ -51,12 +53,21 @@ def test_every_metric_and_label_of_the_rules_and_dashboard_exists(
         timeout=2,
         max_background=1,
         circuit_breaker={"failure_threshold": 2, "window": 5, "probe_interval": 0.2},
+        health_interval=1,
         **{"async": {"check_event_for_spam": True}},
     )
     synapse = boot("modules", config)
     alice = synapse.register("metrics-alice")
-    status, body = alice.create_room(name="allowed")
-    assert status == 200, body
+    # A health ping answered (server_up, server_last_up_timestamp_seconds).
+    last_up = "synapse_http_antispam_server_last_up_timestamp_seconds"
+    wait_for(lambda: metric(synapse.metrics(), last_up) > 0)
+    # An answer the server lets be reused: the same room asked for twice is decided once.
+    antispam.set("user_may_create_room", Behaviour(headers={"Cache-Control": "max-age=60"}))
+    for _ in range(2):
+        status, body = alice.create_room(name="allowed")
+        assert status == 200, body
+    assert len(antispam.requests_for("user_may_create_room")) == 1
+    antispam.reset_behaviours()
     room_id = str(body["room_id"])
 
     # Background checks dropped: one slow async check at a time, several messages at once.
@@ -100,3 +111,47 @@ def test_every_metric_and_label_of_the_rules_and_dashboard_exists(
             elif name in seen and not labels <= seen[name]:
                 missing.append(f"{where}: {name} has no label {sorted(labels - seen[name])}")
     assert missing == [], "\n".join(missing)
+
+
+def test_the_series_alerts_count_exist_at_zero_right_after_startup(boot: BootSynapse) -> None:
+    """Before any call, every enabled callback has its decision series (each outcome) and
+    failure series (each reason) at 0, and each `async` callback its dropped series: the first
+    failure is then an increase the alert rules see (issue 29). The rules' guard for events
+    before the first scrape reads process_start_time_seconds, which must be there too."""
+    enabled = ["user_may_invite", "check_event_for_spam"]
+    with AntispamServer() as antispam:  # its own: the other test's Synapse still pings its own
+        config = module_config(
+            antispam.base_url,
+            enabled_callbacks=enabled,
+            health_interval=0,
+            **{"async": {"check_event_for_spam": True}},
+        )
+        text = boot("modules", config).metrics()
+        assert antispam.requests == []
+    [server] = {
+        dict(labels)["server"]
+        for labels in samples(text, "synapse_http_antispam_timeout_seconds")
+        if ("callback", "user_may_invite") in labels
+    }
+    decisions = samples(text, "synapse_http_antispam_decisions_total")
+    failures = samples(text, "synapse_http_antispam_failures_total")
+    dropped = samples(text, "synapse_http_antispam_background_dropped_total")
+    for callback in enabled:
+        for outcome in Outcome:
+            key = {"server": server, "callback": callback, "outcome": outcome.value}
+            assert decisions.get(frozenset(key.items())) == 0, key
+        for failure in Failure:
+            key = {"server": server, "callback": callback, "reason": failure.value}
+            assert failures.get(frozenset(key.items())) == 0, key
+    assert dropped == {
+        frozenset({"server": server, "callback": "check_event_for_spam"}.items()): 0
+    }
+    assert re.search(r"^process_start_time_seconds \S+$", text, re.M)
+
+
+def samples(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Every sample of `name`: its labels -> its value."""
+    found: dict[frozenset[tuple[str, str]], float] = {}
+    for labels, value in re.findall(rf"^{name}\{{(.*?)\}} (\S+)$", text, re.M):
+        found[frozenset(re.findall(r'(\w+)="([^"]*)"', labels))] = float(value)
+    return found

@@ -855,3 +855,55 @@ async def test_one_entry_invalid_one_valid(
     assert bad.config_errors
     assert bad.label.endswith("<item 0>" if invalid_first else "<item 1>")
     assert good.exit_code == EXIT_OK
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_entries_sharing_a_label_are_told_apart(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Same base_url, no name: one metric series and one log prefix for both; a warning says
+    so and suggests `name`, and the text names each section by its place (issue 29)."""
+    path = several(
+        tmp_path,
+        {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]},
+        {"base_url": server.base_url, "enabled_callbacks": ["check_event_for_spam"]},
+    )
+    report = await check(path, network=False)
+    assert report.exit_code == EXIT_OK
+    [warning] = report.warnings
+    assert "same base_url and no `name`" in warning and "own `name`" in warning
+    text = render_text(report)
+    section = "modules" if MODERN else "spam_checker"
+    for i in (0, 1):
+        assert f"== {server.base_url} ({section}.<item {i}>) ==" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_modern_class_under_spam_checker(tmp_path: Path) -> None:
+    """An error where it cannot work (no module API before Synapse 1.37: Synapse would not
+    start), a warning where it does (issue 29)."""
+    entry = {"module": "synapse_http_antispam.HTTPAntispam", "config": {"base_url": "http://x"}}
+    report = await check(write(tmp_path / "hs.yaml", {"spam_checker": [entry]}), network=False)
+    if MODERN:
+        assert (report.exit_code, report.fatal) == (EXIT_OK, [])
+        [warning] = report.warnings
+        assert "belongs under `modules:`" in warning and "works from Synapse 1.37" in warning
+    else:
+        assert report.exit_code == EXIT_CONFIG
+        [problem] = report.fatal
+        assert "would fail to start" in problem and "LegacyHTTPAntispam" in problem
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_without_ping_is_a_warning(tmp_path: Path, server: AntispamServer) -> None:
+    """It works without it; with do_ping the module logs one warning at startup (issue 29)."""
+    server.set("ping", HTML_404)
+    config = {
+        "base_url": server.base_url,
+        "do_ping": True,
+        "enabled_callbacks": ["user_may_invite"],
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert (report.exit_code, report.problems) == (EXIT_OK, []), render_text(report)
+    [warning] = report.warnings
+    assert "no ping endpoint" in warning

@@ -4,6 +4,7 @@ error text, and nothing made up where there was no answer."""
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 
 import pytest
@@ -71,3 +72,44 @@ async def test_an_untrusted_certificate_gives_the_tls_librarys_reason() -> None:
         verdict = await invite(server.base_url)
     assert verdict.failure is Failure.TLS
     assert "certificate verify failed" in verdict.detail
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_warning_line_says_what_the_server_said_but_not_the_token(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Meowlnir's answer to a wrong secret, through the real client: the log line quotes it;
+    the token the module sent (echoed back here) is masked."""
+    caplog.set_level(logging.WARNING, "synapse_http_antispam")
+    body = {"errcode": "M_UNKNOWN_TOKEN", "error": "Invalid authorization token wrong-secret"}
+    server.set("user_may_invite", Behaviour(status=401, body=json.dumps(body).encode()))
+    config = {"base_url": server.base_url, "timeout": 1.0, "authorization": "wrong-secret"}
+    f = Forwarder(parse_config(config))
+    try:
+        await f.check("user_may_invite", Kind.GATE, INVITE)
+    finally:
+        await f.close()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "failed_closed (auth)" in line and ", HTTP 401: " in line
+    assert "'M_UNKNOWN_TOKEN: Invalid authorization token <token>'" in line
+    assert "wrong-secret" not in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rotated_token_is_masked_too(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After `authorization_path` rotates, the new token and the one before it (a request in
+    flight may carry it) stay out of the log line."""
+    caplog.set_level(logging.WARNING, "synapse_http_antispam")
+    body = {"errcode": "M_UNKNOWN_TOKEN", "error": "neither old-secret nor new-secret"}
+    server.set("user_may_invite", Behaviour(status=401, body=json.dumps(body).encode()))
+    config = {"base_url": server.base_url, "timeout": 1.0, "authorization": "old-secret"}
+    f = Forwarder(parse_config(config))
+    try:
+        f.use_token("new-secret")
+        await f.check("user_may_invite", Kind.GATE, INVITE)
+    finally:
+        await f.close()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'M_UNKNOWN_TOKEN: neither <token> nor <token>'" in line

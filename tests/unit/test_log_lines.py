@@ -124,3 +124,39 @@ def test_a_failure_not_enforced_is_logged_once_as_a_failure(
             "[X-Request-ID None]",
         )
     ]
+
+
+def test_a_failure_quotes_the_servers_own_words_shortened_without_the_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The WARNING carries what `check` shows (`M_UNKNOWN_TOKEN: Invalid authorization
+    token`), so the log alone tells a wrong token from a wrong room; a server echoing the
+    token does not get it into the log."""
+    verdict = failed(Failure.AUTH, fail_open=False)
+    log = instance_log(LOGGER, "policy")
+    for detail in (
+        "M_UNKNOWN_TOKEN: Invalid authorization token",
+        "M_UNKNOWN_TOKEN: token s3cr3t-t0ken is not valid",
+        "y" * 201,
+    ):
+        shown = attrs.evolve(
+            verdict, http_status=401, seconds=0.006, request_id="ab-9", detail=detail
+        )
+        report_verdict(log, "user_may_invite", shown, "report_only", secrets=["s3cr3t-t0ken"])
+    assert said(caplog) == [
+        (
+            "WARNING",
+            "[policy] Antispam user_may_invite: failed_closed (auth) after 6 ms, HTTP 401: "
+            "'M_UNKNOWN_TOKEN: Invalid authorization token' [X-Request-ID ab-9]",
+        ),
+        (
+            "WARNING",
+            "[policy] Antispam user_may_invite: failed_closed (auth) after 6 ms, HTTP 401: "
+            "'M_UNKNOWN_TOKEN: token <token> is not valid' [X-Request-ID ab-9]",
+        ),
+        (
+            "WARNING",
+            "[policy] Antispam user_may_invite: failed_closed (auth) after 6 ms, HTTP 401: "
+            f"'{'y' * 197}...' [X-Request-ID ab-9]",
+        ),
+    ]
