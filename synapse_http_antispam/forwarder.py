@@ -111,7 +111,13 @@ class Forwarder:
         self._pinger = Pinger(self._sender, self.endpoints, reactor, self.url, self.log)
         self.reuse = Reuse.configured(reactor, config, self.log)
         self.health = Health(
-            reactor, config.health_interval, self._health_ping, self._observer, self.url, self.log
+            reactor,
+            config.health_interval,
+            self._health_ping,
+            self._observer,
+            self.url,
+            self.log,
+            lambda: self._tokens,
         )
         self._closed = False
 

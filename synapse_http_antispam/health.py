@@ -10,12 +10,13 @@ time of the last success); the log says only when the state changes, never once 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Callable
 
 from twisted.internet import defer, task
 
 from synapse_http_antispam.answers import PingResult
+from synapse_http_antispam.log import masked
 from synapse_http_antispam.metrics import Observer
 
 # What a healthy antispam server answers `ping` with: the echo, or (before the server knew the
@@ -32,6 +33,7 @@ class Health:
         observer: Observer,
         url: str,
         log: logging.Logger | logging.LoggerAdapter[Any],
+        secrets: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
         self._reactor = reactor
         self._interval = interval
@@ -39,6 +41,7 @@ class Health:
         self._observer = observer
         self._url = url
         self._log = log
+        self._secrets = secrets  # the tokens sent, masked in the server's words
         self.up: bool | None = None  # not known before the first ping
         self._loop: task.LoopingCall | None = None
 
@@ -68,7 +71,8 @@ class Health:
             self._log.info("The antispam server at %s answers health pings again", self._url)
         elif not up and was is not False:
             status = f", HTTP {result.http_status}" if result.http_status is not None else ""
-            detail = f": {result.detail}" if result.detail else ""
+            words = masked(result.detail, self._secrets())
+            detail = f": {words}" if words else ""
             self._log.warning(
                 "Health ping to the antispam server at %s failed (%s%s%s); it counts as down "
                 "until a ping is answered (every %gs)",

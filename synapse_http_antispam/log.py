@@ -38,6 +38,14 @@ def _shortened(text: str) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
+def masked(text: str, secrets: Iterable[str]) -> str:
+    """The server's text with the tokens the module sends replaced: a server may echo them."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<token>")
+    return text
+
+
 def report_verdict(
     log: Log, name: str, verdict: Verdict, unenforced_because: str, secrets: Iterable[str] = ()
 ) -> None:
@@ -68,10 +76,7 @@ def report_verdict(
         )
     if verdict.failure is None or verdict.failure is Failure.BREAKER_OPEN:
         return
-    detail = verdict.detail
-    for secret in secrets:
-        if secret:
-            detail = detail.replace(secret, "<token>")
+    detail = masked(verdict.detail, secrets)
     log.warning(
         "Antispam %s: %s (%s) after %.0f ms%s%s [X-Request-ID %s]",
         name,

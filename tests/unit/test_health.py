@@ -174,3 +174,20 @@ async def test_both_doors_start_the_health_ping(server: AntispamServer, door: st
     assert forwarder.health.running
     await forwarder.close()
     assert not forwarder.health.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_echoing_the_token_never_gets_it_into_the_log(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-token-value"
+    echo = {"errcode": "M_UNKNOWN_TOKEN", "error": f"bad token {secret}"}
+    server.set("ping", Behaviour(status=401, body=echo))
+    f = make(server.base_url, authorization=secret)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            await f.health.check()
+    finally:
+        await f.close()
+    assert f.health.up is False
+    assert secret not in caplog.text and "bad token <token>" in caplog.text
