@@ -22,10 +22,19 @@ def _ping(config: Config, ping: Mapping[str, Any], no_server: bool) -> tuple[str
     if outcome == "ok":
         return "", ""
     if outcome == "not_implemented":
-        if config.do_ping and not no_server:
-            return "", (
-                f"ping: the server has no ping endpoint ({http(status)}); with do_ping: true the "
-                "module logs a warning at startup (set do_ping: false)"
+        effects = []
+        if config.do_ping:
+            effects.append(
+                "with do_ping: true the module logs a warning at startup (set do_ping: false)"
+            )
+        if config.health_interval:
+            effects.append(
+                f"the health ping (every {config.health_interval:g} s) counts the server as "
+                "down and SynapseAntispamServerDown fires (set health_interval: 0)"
+            )
+        if effects and not no_server:
+            return "", f"ping: the server has no ping endpoint ({http(status)}); " + "; ".join(
+                effects
             )
         return "", ""
     if outcome == "unexpected_answer":

@@ -106,6 +106,9 @@ def _instance(out: list[str], paint: _Paint, instance: Instance, heading: str | 
         p = instance.ping
         text = ping_text(p["outcome"], p["http_status"], p["seconds"], p.get("detail", ""))
         _field(out, "ping", paint(text, "red") if text.startswith("FAILED") else text)
+    seconds = instance.health_interval
+    if seconds is not None:
+        _field(out, "health", f"a ping every {seconds:g} s" if seconds else "off")
     for error in instance.config_errors:
         out += ["", paint(error, "red")]
     if instance.rows:

@@ -37,6 +37,8 @@ class Instance:
     explicit: bool = False
     not_enabled: list[str] = attrs.Factory(list)
     ping: dict[str, Any] | None = None
+    # Seconds between health pings (0: off), as the config sets it.
+    health_interval: float | None = None
     rows: list[Row] = attrs.Factory(list)
     problems: list[str] = attrs.Factory(list)
     warnings: list[str] = attrs.Factory(list)
@@ -60,6 +62,7 @@ class Instance:
             "enabled_callbacks": self.enabled,
             "not_enabled": self.not_enabled,
             "ping": self.ping,
+            "health_interval": self.health_interval,
             "callbacks": [r.as_json() for r in self.rows],
             "problems": self.problems,
             "warnings": self.warnings,

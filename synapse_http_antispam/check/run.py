@@ -60,7 +60,9 @@ def _check_config(probe_config: Config) -> Config:
 
 def _instance(entry: Entry, config: Config, info: SynapseInfo | None) -> Instance:
     """An instance with everything known before the network: what it would send."""
-    instance = Instance(entry, config.label, base_url=config.base_url)
+    instance = Instance(
+        entry, config.label, base_url=config.base_url, health_interval=config.health_interval
+    )
     send, unsupported = would_send(entry, config, info)
     instance.door_callbacks = send
     instance.enabled = [n for n in CALLBACKS if config.is_enabled(n)]

@@ -907,3 +907,24 @@ async def test_a_server_without_ping_is_a_warning(tmp_path: Path, server: Antisp
     assert (report.exit_code, report.problems) == (EXIT_OK, []), render_text(report)
     [warning] = report.warnings
     assert "no ping endpoint" in warning
+    # ...and the health ping, on by default, would count it as down and alert.
+    assert "the health ping (every 15 s) counts the server as down" in warning
+    assert "set health_interval: 0" in warning
+    lines = [line.split() for line in render_text(report).splitlines()]
+    assert ["health", "a", "ping", "every", "15", "s"] in lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_the_health_ping_off_a_server_without_ping_is_fine(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    server.set("ping", HTML_404)
+    config = {
+        "base_url": server.base_url,
+        "health_interval": 0,
+        "enabled_callbacks": ["user_may_invite"],
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert (report.exit_code, report.problems, report.warnings) == (EXIT_OK, [], [])
+    assert report.instances[0].as_json()["health_interval"] == 0
+    assert ["health", "off"] in [line.split() for line in render_text(report).splitlines()]
