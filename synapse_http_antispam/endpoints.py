@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
-from synapse_http_antispam.verdict import NO_ENDPOINT_STATUSES
+import synapse_http_antispam.answers as answers
+from synapse_http_antispam.catalogue import Kind
+from synapse_http_antispam.verdict import (
+    NO_ENDPOINT_STATUSES,
+    CallFailed,
+    Failure,
+    Outcome,
+    Verdict,
+)
+from synapse_http_antispam.wire import Answer
 
-if TYPE_CHECKING:
-    from synapse_http_antispam.answers import PingResult
-
-Ping = Callable[[float], Awaitable["PingResult"]]
+Ping = Callable[[float], Awaitable[answers.PingResult]]
 
 
 class Endpoints:
@@ -89,7 +95,7 @@ class Endpoints:
 
     async def _ping(
         self, name: str, status: int, deadline: float, ping: Ping
-    ) -> PingResult | None:
+    ) -> answers.PingResult | None:
         remaining = deadline - self._clock.seconds()
         if self.no_server_known or remaining <= 0:
             return None
@@ -97,6 +103,28 @@ class Endpoints:
         if result.http_status in NO_ENDPOINT_STATUSES:
             self.no_server(name, status, result.detail)
         return result
+
+    async def verdict(
+        self, name: str, kind: Kind, answer: Answer, deadline: float, ping: Ping
+    ) -> Verdict:
+        """What `answer` means, with the evidence a "no such endpoint" status needs asked for
+        now: raises CallFailed for an answer that is not usable, or not believed."""
+        verdict = answers.classify(kind, answer)  # raises for an unusable answer
+        if answers.from_antispam_server(answer):
+            self.saw_server()
+        # Whatever would let the action through, or refuse it, on a "no such endpoint" status
+        # rests on a ping asked now: a proxy's 404 or a wrong base_url is not a verdict.
+        if verdict.outcome is Outcome.NOT_IMPLEMENTED:
+            if not await self.server_is_there(name, answer.status, deadline, ping):
+                raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
+            self.unimplemented(name, answer.status)
+        elif answer.status in NO_ENDPOINT_STATUSES and not await self.ping_works(
+            name, answer.status, deadline, ping
+        ):
+            raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status, answers.detail(answer))
+        else:
+            self.answered(name)
+        return verdict
 
     def no_server(self, name: str, status: int | None, detail: str = "") -> None:
         """Neither `name` nor `ping` gets an answer of the antispam server behind base_url."""

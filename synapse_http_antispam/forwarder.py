@@ -15,11 +15,10 @@ from typing import Any
 
 import attrs
 
-from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 
-import synapse_http_antispam.answers as answers
 from synapse_http_antispam.answers import PingResult
+from synapse_http_antispam.background import Background
 from synapse_http_antispam.catalogue import CALLBACKS, Kind
 from synapse_http_antispam.config import Config
 from synapse_http_antispam.endpoints import Endpoints
@@ -31,12 +30,9 @@ from synapse_http_antispam.pinger import Pinger
 from synapse_http_antispam.reuse import Reuse, Shared
 from synapse_http_antispam.sending import Sender
 from synapse_http_antispam.verdict import (
-    BACKGROUND,
-    NO_ENDPOINT_STATUSES,
     NOT_IMPLEMENTED,
     CallFailed,
     Failure,
-    Outcome,
     Verdict,
     failed,
     unenforced,
@@ -47,10 +43,20 @@ from synapse_http_antispam.wire import Wire, encode
 __all__ = ["Forwarder", "PingResult", "encode"]
 
 
-class Forwarder:
-    # The breaker's background probe gets at most this long (or `timeout` if shorter).
-    PROBE_TIMEOUT = 2.0
+def _headers(config: Config, user_agent: str, instance: str) -> dict[str, str]:
+    """What every request carries: JSON both ways, who sends it, and the bearer token."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": user_agent,
+        "X-Synapse-Instance": instance,
+    }
+    if config.token:
+        headers["Authorization"] = f"Bearer {config.token}"
+    return headers
 
+
+class Forwarder:
     def __init__(
         self,
         config: Config,
@@ -73,18 +79,10 @@ class Forwarder:
         self._observer: Observer = observer or NullObserver()
         self.url = config.base_url  # free of credentials: the config refuses them
         self.log = instance_log(__name__, config.label)
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": user_agent,
-            "X-Synapse-Instance": instance,
-        }
-        if config.token:
-            headers["Authorization"] = f"Bearer {config.token}"
         self._wire = Wire(
             reactor,
             base_url=config.base_url,
-            headers={**headers, **(extra_headers or {})},
+            headers={**_headers(config, user_agent, instance), **(extra_headers or {})},
             max_connections=config.max_concurrency,
             # The per-call deadline is the real bound; never cut a connect attempt shorter.
             connect_timeout=max(config.timeout_for(name) for name in CALLBACKS),
@@ -105,21 +103,24 @@ class Forwarder:
         self._sender = Sender(
             reactor, self._wire, self.limiter, self.breaker, self._observer, self.endpoints.lost
         )
-        self.background_running = 0
+        self._background = Background(
+            self._unenforced, config.max_background, self._observer, self.log
+        )
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
-        self._pinger = Pinger(self._sender, self.endpoints, reactor, self.url, self.log)
+        self._pinger = Pinger(
+            self._sender, self.endpoints, reactor, self.url, self.log, config.timeout
+        )
         self.reuse = Reuse.configured(reactor, config, self.log)
         self.health = Health(
             reactor,
             config.health_interval,
-            self._health_ping,
+            self._pinger.health_ping,
             self._observer,
             self.url,
             self.log,
             lambda: self._tokens,
         )
-        self._closed = False
 
     def use_token(self, token: str) -> None:
         """Send this bearer token from the next request on (`authorization_path` rotated)."""
@@ -221,21 +222,7 @@ class Forwarder:
             raise CallFailed(Failure.BREAKER_OPEN)
         deadline = self._reactor.seconds() + self._config.timeout_for(name)
         answer = await self._sender.send(name, body, request_id, kind, deadline)
-        verdict = answers.classify(kind, answer)  # raises for an unusable answer
-        if answers.from_antispam_server(answer):
-            self.endpoints.saw_server()
-        # Whatever would let the action through, or refuse it, on a "no such endpoint" status
-        # rests on a ping asked now: a proxy's 404 or a wrong base_url is not a verdict.
-        if verdict.outcome is Outcome.NOT_IMPLEMENTED:
-            if not await self.endpoints.server_is_there(name, answer.status, deadline, self._ping):
-                raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status)
-            self.endpoints.unimplemented(name, answer.status)
-        elif answer.status in NO_ENDPOINT_STATUSES and not await self.endpoints.ping_works(
-            name, answer.status, deadline, self._ping
-        ):
-            raise CallFailed(Failure.NO_ANTISPAM_SERVER, answer.status, answers.detail(answer))
-        else:
-            self.endpoints.answered(name)
+        verdict = await self.endpoints.verdict(name, kind, answer, deadline, self._ping)
         return verdict, answer.status, self.reuse.max_age(answer.cache_control)
 
     # ---- background (`async:`) callbacks --------------------------------------------------
@@ -244,24 +231,20 @@ class Forwarder:
         self, name: str, kind: Kind, payload: Mapping[str, Any], fail_open: bool | None = None
     ) -> Verdict:
         """Allow at once and check in the background, within the max_background bound."""
-        if self.background_running >= self._config.max_background or self._closed:
-            # Allowed and never checked: the one decision `background` counts.
-            self._observer.decided(name, BACKGROUND)
-            self._observer.background_dropped(name)
-            self.log.debug(
-                "Background antispam %s dropped: %d running", name, self.background_running
-            )
-            return BACKGROUND
-        self.background_running += 1
+        return self._background.start(name, kind, payload, fail_open)
 
-        def done(_: object) -> None:
-            self.background_running -= 1
+    @property
+    def background_running(self) -> int:
+        return self._background.running
 
+    async def _unenforced(
+        self, name: str, kind: Kind, payload: Mapping[str, Any], fail_open: bool | None
+    ) -> Verdict:
         # The action went through already: the answer is recorded, never enforced, and not
         # stored (a server that only watches sees every call).
-        task = self.check(name, kind, payload, enforce=False, store=False, fail_open=fail_open)
-        defer.ensureDeferred(task).addBoth(done)
-        return BACKGROUND
+        return await self.check(
+            name, kind, payload, enforce=False, store=False, fail_open=fail_open
+        )
 
     # ---- ping: at startup (`do_ping`), for the breaker's probe, for evidence, for `check` --
 
@@ -273,13 +256,7 @@ class Forwarder:
         return await self.ping_once(timeout=timeout)
 
     async def _probe(self) -> bool:
-        timeout = min(self.PROBE_TIMEOUT, self._config.timeout)
-        return (await self.ping_once(limit=False, timeout=timeout)).reachable
-
-    async def _health_ping(self, interval: float) -> PingResult:
-        # Outside the limiter, as the probe: calls hanging on a dead server must not hide it.
-        timeout = min(interval, self._config.timeout)
-        return await self.ping_once(limit=False, timeout=timeout)
+        return await self._pinger.probe()
 
     def start_ping(self) -> None:
         """Ping in the background until the server answers; never delays Synapse's startup."""
@@ -290,7 +267,7 @@ class Forwarder:
         self.health.start()
 
     async def close(self) -> None:
-        self._closed = True
+        self._background.closed = True
         self.reuse.clear()
         self.breaker.stop()
         self._pinger.stop()

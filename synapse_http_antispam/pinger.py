@@ -28,6 +28,8 @@ from synapse_http_antispam.wire import encode
 
 class Pinger:
     MAX_BACKOFF = 60.0
+    # The breaker's background probe gets at most this long (or `timeout` if shorter).
+    PROBE_TIMEOUT = 2.0
 
     def __init__(
         self,
@@ -36,7 +38,9 @@ class Pinger:
         reactor: Any,
         url: str,
         log: logging.Logger | logging.LoggerAdapter[Any],
+        timeout: float = 5.0,
     ) -> None:
+        self._timeout = timeout  # the configured `timeout`: no ping waits longer
         self._sender = sender
         self._endpoints = endpoints
         self._reactor = reactor
@@ -72,6 +76,16 @@ class Pinger:
             outcome = Failure.INTERNAL.value
         seconds = self._reactor.seconds() - start
         return PingResult(outcome, ping_id, status, seconds, detail, evidence)
+
+    async def probe(self) -> bool:
+        """The breaker's probe: outside the limiter (every slot may hang on a dead server)."""
+        timeout = min(self.PROBE_TIMEOUT, self._timeout)
+        return (await self.ping_once(limit=False, timeout=timeout)).reachable
+
+    async def health_ping(self, interval: float) -> PingResult:
+        """The health ping: outside the limiter too, so that hanging calls cannot hide a
+        dead server, and never longer than the interval or `timeout`."""
+        return await self.ping_once(limit=False, timeout=min(interval, self._timeout))
 
     # ---- at startup ---------------------------------------------------------------------
 
