@@ -53,7 +53,7 @@ class Endpoints:
         # callback -> time until which it is not sent (the server has no endpoint for it).
         self._unimplemented: dict[str, float] = {}
         self._warned: set[str] = set()
-        # Callbacks the server has answered (allow or reject) since it was last seen to go.
+        # Callbacks the server has answered (allow or reject) in this process.
         self._served: set[str] = set()
         self._no_server_until = 0.0
         self._no_server_logged = False
@@ -70,9 +70,10 @@ class Endpoints:
 
     def lost(self) -> None:
         """The server was not reached, or base_url no longer reaches it: what it said about
-        its endpoints is forgotten, and what it says next is logged again."""
+        its endpoints is forgotten, and what it says next is logged again. What it has
+        answered is kept: a callback it served stays one whose 404 is a glitch, never a reason
+        to stop asking (a dropped connection must not make a later 404 silence a check)."""
         self._unimplemented.clear()
-        self._served.clear()
         self._warned.clear()
 
     @property
