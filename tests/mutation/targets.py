@@ -1,0 +1,153 @@
+"""Which unit tests judge which module's mutants: the one map `tox -e mutation` reads.
+
+tests/mutation/run.py reads it to choose what a run mutates and which test files mutmut
+collects (a run of one module collects only that module's files, so mutmut's first pass over
+the tests, which maps each test to the functions it reaches, takes seconds instead of a
+minute); tests/unit/conftest.py reads it to run, for each mutant, only the tests of the files
+listed for its module. Nowhere else says either.
+
+A module's files are those whose assertions are about it: its own tests, and the end-to-end
+tests that hold what it does as Synapse or an admin sees it. A file that only passes through
+a module on its way to something else is left out: it would run for every survivor (most of
+a mutant's time) without judging it, and a kill by it would be a kill for another reason.
+Every test file listed here must reach the module in-process: a subprocess runs the module
+without mutmut knowing which tests reached what.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+PACKAGE = "synapse_http_antispam"
+ROOT = Path(__file__).resolve().parents[2]  # the repository, or mutmut's copy of it
+TESTS_DIR = "tests/unit"
+
+# The forwarder's end-to-end files: real HTTP against the test antispam server, a fake clock,
+# or the doors; each holds a part of what a call comes back with.
+_CALL = (
+    "test_forwarder.py",
+    "test_deadlines.py",
+    "test_decision_path.py",
+    "test_failure_details.py",
+    "test_hardening.py",
+)
+
+# Module (dotted, below the package; a subpackage stands for every module in it) -> the test
+# files (in tests/unit) that judge its mutants.
+TESTS: dict[str, tuple[str, ...]] = {
+    "answers": ("test_answers.py", "test_endpoints.py", "test_pinger.py", *_CALL),
+    # The catalogue's builders run at import (see equivalent.toml); its payload builders and
+    # names are held by what the doors register and what the server receives.
+    "catalogue": (
+        "test_payloads.py",
+        "test_registration.py",
+        "test_doors.py",
+        "test_docs.py",
+        "test_version_layer.py",
+        "test_version_values.py",
+    ),
+    # Nearly every test parses a config on its way to something else: only the config tests
+    # judge it (the stricter rule: a mutant is killed only when a test about the config sees it).
+    "config": ("test_config.py", "test_config_rules.py"),
+    "dispatch": (
+        "test_doors.py",
+        "test_payloads.py",
+        "test_registration.py",
+        "test_report_only.py",
+        "test_decision_path.py",
+        "test_several_instances.py",
+        "test_hardening.py",
+    ),
+    "endpoints": ("test_endpoints.py", "test_pinger.py", "test_several_instances.py", *_CALL),
+    "forwarder": (
+        *_CALL,
+        "test_reuse.py",
+        "test_report_only.py",
+        "test_several_instances.py",
+        "test_log_lines.py",
+        "test_pinger.py",
+        "test_breaker_story.py",
+        "test_wire_limits.py",
+    ),
+    "guards": (
+        "test_breaker_limiter.py",
+        "test_breaker_story.py",
+        "test_several_instances.py",
+        *_CALL,
+    ),
+    "legacy": ("test_doors.py", "test_registration.py", "test_report_only.py"),
+    "log": ("test_log_lines.py", "test_several_instances.py", "test_breaker_story.py", *_CALL),
+    "module": ("test_doors.py", "test_registration.py", "test_report_only.py"),
+    "pinger": ("test_pinger.py", "test_forwarder.py", "test_deadlines.py", "test_hardening.py"),
+    "reuse": ("test_reuse.py",),
+    "sending": ("test_breaker_story.py", "test_several_instances.py", *_CALL),
+    "synapse_compat": (
+        "test_version_layer.py",
+        "test_version_values.py",
+        "test_doors.py",
+        "test_registration.py",
+        "test_report_only.py",
+    ),
+    "verdict": (
+        "test_version_layer.py",
+        "test_version_values.py",
+        "test_answers.py",
+        "test_log_lines.py",
+        "test_report_only.py",
+        *_CALL,
+    ),
+    # One capped HTTP exchange: the caps, the hostile servers (the only module they judge:
+    # about 15 s of real deadlines), what a failure tells, the pools each instance keeps.
+    "wire": (
+        "test_wire_limits.py",
+        "test_hostile.py",
+        "test_hostile_generated.py",
+        "test_payloads.py",
+        "test_several_instances.py",
+        *_CALL,
+    ),
+    # The command, run in-process by test_check.py (its few subprocess tests reach nothing
+    # mutmut can see, and are not needed to judge it).
+    "check": ("test_check.py",),
+}
+
+
+def module_of(mutant: str) -> str | None:
+    """`synapse_http_antispam.check.cli.x_main__mutmut_3` -> `check`; None if not mapped."""
+    if not mutant.startswith(PACKAGE + "."):
+        return None
+    dotted = mutant[len(PACKAGE) + 1 :]
+    for module in sorted(TESTS, key=len, reverse=True):
+        if dotted == module or dotted.startswith(module + "."):
+            return module
+    return None
+
+
+def judges(mutant: str, test_file: str) -> bool:
+    """Whether the tests in `test_file` (a file name) take part in judging `mutant`."""
+    module = module_of(mutant)
+    return module is not None and test_file in TESTS[module]
+
+
+def source_glob(module: str) -> str:
+    """The files of `module` as mutmut's `only_mutate` matches them (a path glob)."""
+    path = f"{PACKAGE}/{module.replace('.', '/')}"
+    return f"{path}/*" if (ROOT / path).is_dir() else f"{path}.py"
+
+
+def test_paths(modules: Iterable[str]) -> list[str]:
+    """The test files mutmut collects for a run of `modules`, in a stable order."""
+    return sorted({f"{TESTS_DIR}/{name}" for module in modules for name in TESTS[module]})
+
+
+def modules_named(pattern: str) -> list[str]:
+    """The mapped modules whose mutants a name or pattern (`synapse_http_antispam.wire*`) can
+    match: those its literal start (up to the first wildcard) leads into, or lies within."""
+    literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return sorted(
+        module
+        for module in TESTS
+        if f"{PACKAGE}.{module}.".startswith(literal) or literal.startswith(f"{PACKAGE}.{module}.")
+    )
