@@ -1,23 +1,101 @@
-"""Under mutation testing (`tox -e mutation`), a mutant is judged by the test files that
-tests/mutation/targets.py lists for its module, and no others; outside mutmut
-(`MUTANT_UNDER_TEST` unset or not a mutant) this does nothing. Nearly every test parses a config
-or sends a request on its way to something else, and would otherwise run for every survivor of
-config.py or wire.py without judging it.
+"""Under mutation testing (`tox -e mutation`): which unit tests judge a mutant, in what order,
+and a record of why it was killed. Outside mutmut (`MUTANT_UNDER_TEST` unset) this does nothing.
+
+* A mutant is judged by the test files tests/mutation/targets.py lists for its module, and no
+  others: nearly every test parses a config or sends a request on its way to something else,
+  and would otherwise run for every survivor of config.py or wire.py without judging it.
+* Its tests run in the suite's own order (file, then place in the file). mutmut hands them over
+  as a set, whose order changes with every run's hash seed: a test that leaves something behind
+  (a cancelled Deferred whose error is logged when it is collected) then failed whichever test
+  happened to come next and watched for such errors, a kill that did not happen again when the
+  mutant was tried by name. In a fixed order a run is repeatable.
+* What killed a mutant is written to mutants/mutmut-kills/<mutant>.log: the tests it ran, in
+  order, and each failure with its traceback, or, when mutmut's wall-clock limit stopped it
+  (SIGXCPU), the stack of every thread at that moment; a failure of the unmutated run mutmut
+  makes first goes to unmutated.log. mutmut itself records only an exit code, and a kill that
+  is not the mutant's doing can only be told from a real one by what failed.
+  tests/mutation/check_survivors.py and run.py show it.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
+from pathlib import Path
+from typing import IO, Optional
 
 import pytest
 
 from tests.mutation.targets import judges
 
+KILLS = "mutmut-kills"
+_log: Optional[IO[str]] = None
+
+
+def _mutant() -> str:
+    name = os.environ.get("MUTANT_UNDER_TEST", "")
+    return name if "__mutmut_" in name else ""
+
+
+def _log_name() -> str:
+    """This run's log: the mutant's, `unmutated` for mutmut's run without one, else none."""
+    if _mutant():
+        return _mutant()
+    return "unmutated" if os.environ.get("MUTANT_UNDER_TEST") == "" else ""
+
+
+def _place(item: pytest.Item) -> tuple[str, int, tuple[int, ...]]:
+    """Where pytest puts `item` when it collects the suite: file, line, then parameter."""
+    callspec = getattr(item, "callspec", None)
+    return (
+        str(item.path),
+        item.location[1] or 0,
+        tuple(callspec.indices.values()) if callspec else (),
+    )
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
-    if "__mutmut_" not in mutant:
+    if "MUTANT_UNDER_TEST" not in os.environ:
         return
-    kept = [item for item in items if judges(mutant, item.path.name)]
+    mutant = _mutant()
+    kept = [item for item in items if not mutant or judges(mutant, item.path.name)]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = kept
+    items[:] = sorted(kept, key=_place)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _log
+    name = _log_name()
+    if not name:
+        return
+    path = Path(session.config.rootpath) / KILLS / f"{name}.log"
+    path.parent.mkdir(exist_ok=True)
+    _log = path.open("w", encoding="utf-8")
+    # chain=True: after the dump, SIGXCPU's default action still ends the process, so mutmut
+    # records the timeout as before.
+    faulthandler.register(signal.SIGXCPU, file=_log, all_threads=True, chain=True)
+
+
+def pytest_runtest_logstart(nodeid: str) -> None:
+    if _log is not None:
+        _log.write(f"run {nodeid}\n")
+        _log.flush()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _log is not None and report.failed:
+        _log.write(f"FAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+        _log.flush()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _log
+    if _log is None:
+        return
+    faulthandler.unregister(signal.SIGXCPU)
+    _log.write(f"pytest exit status {int(exitstatus)}\n")
+    _log.close()
+    _log = None
+    if int(exitstatus) == 0:  # survived, or the unmutated run passed: nothing to explain
+        Path(session.config.rootpath, KILLS, f"{_log_name()}.log").unlink()
