@@ -1,7 +1,9 @@
 """After `mutmut run`: fail unless every mutant the unit tests did not kill is explained.
 
-Run by `tox -e mutation` from the repository root, after mutmut has written its results under
-mutants/. A mutant that survived (the tests passed with it), or that no test reaches, must be
+Run by tests/mutation/run.py (`tox -e mutation`) after mutmut has written its results under
+mutants/, for the mutants that run selected (all, or those its names and patterns match); by
+hand, `python tests/mutation/check_survivors.py [NAME_OR_PATTERN ...]` judges the last run
+again. A mutant that survived (the tests passed with it), or that no test reaches, must be
 listed in tests/mutation/equivalent.toml with the reason it cannot be told apart from the real
 code; otherwise this exits 1, printing each unexplained one with its diff, so that a test can be
 written to kill it (or the entry added, if it truly is equivalent).
@@ -18,21 +20,23 @@ An entry without `was` and `now` explains every surviving mutant of its function
 function whose every mutant is out of mutmut's reach (one run only at import, such as the
 catalogue's builders, before mutmut switches a mutant on), with that said in `why`.
 
-An entry that no longer matches any mutant is stale: it is reported and fails the run as well,
-so that the file says only what is true. An entry whose mutant this run counted as killed is
-reported with the command that tries it again, and does not fail the run: see
-killed_this_run(). Entries for modules the run did not mutate are left alone, so that a long
-run can be made by parts (`only_mutate` narrowed each time).
-A mutant mutmut has not tried yet (an interrupted run) fails the run too.
+An entry that no longer matches any mutant is stale, and an entry whose mutant the run killed
+is wrong or was killed by a test failing for reasons of its own: either fails the run, so that
+the file says only what is true; a kill is shown with what tests/unit/conftest.py recorded of
+it (the failing test and its error). Entries are judged only for the functions (or modules)
+whose every mutant the run tried: a run of the changed functions, of one module or of a mutant
+tried again leaves the others alone. A selected mutant mutmut has not tried yet (an
+interrupted run) fails the run too.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
-import shutil
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 try:
@@ -45,6 +49,7 @@ from mutmut.stats import status_by_exit_code
 from mutmut.utils.format_utils import orig_function_and_class_names_from_key
 
 ROOT = Path(__file__).resolve().parents[2]
+KILLS = "mutmut-kills"  # written by tests/unit/conftest.py under mutants/
 EXPLAINED = Path(__file__).with_name("equivalent.toml")
 # Statuses that count as caught: the tests failed, crashed, or hung on the mutant.
 CAUGHT = {"killed", "timeout", "segfault"}
@@ -100,10 +105,11 @@ def explained() -> dict[Key, str]:
 def killed_this_run(found: dict[str, tuple[str, str]], keys: set[Key]) -> dict[Key, list[str]]:
     """The entries among `keys` whose mutant this run counted as killed, with its names.
 
-    Such an entry is reported, not failed: a test that fails for reasons of its own inside
-    mutmut's runner (seen in a quiet whole run: mutants as plainly equivalent as an encoding
-    name's case, killed once and surviving when tried again by name) would otherwise fail the
-    env. Whether the kill is real is for a person to see by trying the mutant again.
+    Such a kill fails the run. It once did not (a whole run counted 19 plainly equivalent
+    mutants, an encoding name's case among them, as killed): the tests ran in an order that
+    changed with each run's hash seed, and a cancelled Deferred one test left behind failed
+    whichever hostile-server test came next. They now run in the suite's order
+    (tests/unit/conftest.py), and the record of each kill says which test failed and how.
     """
     functions = {key[0] for key in keys}
     killed: dict[Key, list[str]] = {}
@@ -115,18 +121,59 @@ def killed_this_run(found: dict[str, tuple[str, str]], keys: set[Key]) -> dict[K
     return killed
 
 
-def main() -> int:
+def selected(found: dict[str, tuple[str, str]], patterns: Sequence[str]) -> set[str]:
+    """The mutants this run was asked about: all of them, or those the names and patterns
+    given to `tox -e mutation` match (mutmut's own matching: a name, or an fnmatch pattern)."""
+    if not patterns:
+        return set(found)
+    return {n for n in found if any(n == p or fnmatch.fnmatch(n, p) for p in patterns)}
+
+
+def wholly_judged(found: dict[str, tuple[str, str]], chosen: set[str]) -> set[str]:
+    """Functions (and modules, and classes) every mutant of which this run tried.
+
+    Only there can an entry be found to match no mutant: a run of some mutants of a function
+    (one tried again by name) says nothing about the entries for its others.
+    """
+
+    def scopes(name: str) -> set[str]:
+        function = function_of(name)
+        parts = function.split(".")
+        return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+
+    left_out = set().union(*(scopes(n) for n in found if n not in chosen))
+    return set().union(*(scopes(n) for n in chosen)) - left_out
+
+
+def kill_reason(name: str) -> str:
+    """What tests/unit/conftest.py recorded about this mutant's kill, shortened."""
+    log = ROOT / "mutants" / KILLS / f"{name}.log"
+    if not log.exists():
+        return "    (no record of what killed it)"
+    lines = log.read_text(encoding="utf-8").splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith(("FAILED", "Current thread"))]
+    if not failed:
+        ran = [line for line in lines if line.startswith("run ")]
+        return f"    last test started: {ran[-1][4:] if ran else '(none)'}; {lines[-1]}"
+    tail = [line for line in lines[failed[0] + 1 :] if line.strip()][-3:]
+    shown = [lines[failed[0]], *tail]
+    return "\n".join(f"    {line}" for line in shown) + f"\n    (all of it: {log})"
+
+
+def main(patterns: Sequence[str] = ()) -> int:
     os.chdir(ROOT)  # mutmut reads its files relative to the working directory
     found = results()
-    if not found:
-        print("No mutmut results under mutants/: run `mutmut run` first.")
+    chosen = selected(found, patterns)
+    if not chosen:
+        print("No mutmut results under mutants/ for this run: run `tox -e mutation` first.")
         return 1
-    statuses = Counter(status for status, _ in found.values())
+    statuses = Counter(found[name][0] for name in chosen)
     unknown = set(statuses) - CAUGHT - UNCAUGHT
     reasons = explained()
     seen: set[Key] = set()
     unexplained: list[tuple[str, str, str]] = []
-    for name, (status, source) in sorted(found.items()):
+    for name in sorted(chosen):
+        status, source = found[name]
         if status not in UNCAUGHT:
             continue
         diff = diff_of(name, source)
@@ -137,7 +184,7 @@ def main() -> int:
         else:
             unexplained.append((name, status, diff))
 
-    total = len(found)
+    total = len(chosen)
     caught = sum(statuses[s] for s in CAUGHT)
     print(
         f"Mutants: {total}; killed by the unit tests: {caught} ({100 * caught / total:.1f}%); "
@@ -151,16 +198,21 @@ def main() -> int:
     for name, status, diff in unexplained:
         failed = True
         print(f"\n{status}, unexplained: {name}\n{diff}")
-    # An entry for a module this run did not mutate (`only_mutate` narrowed to run by parts)
-    # is not judged: only a module that was mutated can show that an entry no longer holds.
-    mutated = {function_of(name).rsplit(".", 1)[0] for name in found}
-    mutated |= {module.rsplit(".", 1)[0] for module in mutated}  # Class.method -> module
-    unmatched = {key for key in set(reasons) - seen if key[0].rsplit(".", 1)[0] in mutated}
-    killed = killed_this_run(found, unmatched)
+    # An entry is judged only where this run tried every mutant of its function (or module):
+    # a run of one module, of the functions changed, or of one mutant again leaves the rest.
+    judged = wholly_judged(found, chosen)
+    unmatched = {
+        key
+        for key in set(reasons) - seen
+        if key[0] in judged or key[0].rsplit(".", 1)[0] in judged
+    }
+    killed = killed_this_run({n: found[n] for n in chosen}, unmatched)
     for key, names in sorted(killed.items()):
+        failed = True
         print(f"\nListed in {EXPLAINED.name} but killed this run: {key[0]}")
         print(f"    was = {key[1]!r}\n    now = {key[2]!r}")
-        print(f"    Try it again: tox -e mutation -- {' '.join(repr(n) for n in names)}")
+        for name in names:
+            print(f"  {name} ({found[name][0]}):\n{kill_reason(name)}")
     stale = sorted(unmatched - set(killed))
     for function, was, now in stale:
         print(f"\nStale entry in {EXPLAINED.name} (no such mutant): {function}")
@@ -176,9 +228,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--fresh-unless"]:
-        # Before `mutmut run`: start afresh unless some mutants were named to be tried again.
-        if not sys.argv[2:]:
-            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-        sys.exit(0)
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

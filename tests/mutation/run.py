@@ -1,0 +1,162 @@
+"""`tox -e mutation [-- ARGS]`: run mutmut over what ARGS select, then check_survivors.py.
+
+    (nothing) or --all      every module in tests/mutation/targets.py: the whole run (hours)
+    --changed [--base REF]  the functions that differ from REF's merge-base (default: main),
+                            uncommitted edits included: minutes
+    NAME_OR_PATTERN ...     mutmut names or patterns ('synapse_http_antispam.answers*')
+    --max-children N        tests run side by side (default 2)
+
+Whatever is selected, mutmut mutates only the modules it lies in and collects only their test
+files (targets.py), so that mutmut's first pass over the tests (which test reaches which
+function, timed) covers those files alone; then each selected mutant is run against the tests
+that reach it, narrowed again per module by tests/unit/conftest.py. Every run starts afresh
+(mutants/ removed): mutmut keeps a mutant's result and a test's reach across runs, and neither
+is true any more once a test is added or changed. mutants/ holds the last run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import check_survivors
+from targets import PACKAGE, TESTS, module_of, modules_named, source_glob, test_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def module_files() -> dict[str, str]:
+    """Each mapped module's source files (relative to the root) -> the module."""
+    files: dict[str, str] = {}
+    for module in TESTS:
+        path = ROOT / PACKAGE / module.replace(".", "/")
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]:
+            files[str(source.relative_to(ROOT))] = module
+    return files
+
+
+def functions(source: str) -> list[tuple[str, int, int]]:
+    """(mutmut's mangled name, first line, last line) of each function mutmut mutates.
+
+    mutmut mutates top-level functions (`x_name`) and the methods of top-level classes
+    (`xǁClassǁname`); a nested function is part of the one it is in. Decorators count as the
+    function's lines.
+    """
+    found: list[tuple[str, int, int]] = []
+
+    def span(node: ast.AST) -> tuple[int, int]:
+        decorators = getattr(node, "decorator_list", [])
+        first = min([node.lineno, *(d.lineno for d in decorators)])  # type: ignore[attr-defined]
+        return first, node.end_lineno or node.lineno  # type: ignore[attr-defined]
+
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append((f"x_{node.name}", *span(node)))
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    found.append((f"xǁ{node.name}ǁ{item.name}", *span(item)))
+    return found
+
+
+def changed(base: str) -> list[str]:
+    """mutmut patterns for every function whose lines differ from `base`'s merge-base."""
+    since = git("merge-base", base, "HEAD").strip()
+    files = module_files()
+    patterns: list[str] = []
+    for path in git("diff", "--name-only", since, "--", PACKAGE).split():
+        if path not in files or not (ROOT / path).exists():
+            continue  # not mutated, or deleted
+        diff = git("diff", "-U0", since, "--", path)
+        lines: set[int] = set()
+        for start, count in _HUNK.findall(diff):
+            first = int(start)
+            # A deletion (count 0) sits between two lines: both functions around it changed.
+            lines.update(
+                range(first, first + int(count or 1)) if count != "0" else (first, first + 1)
+            )
+        module = path[: -len(".py")].replace("/", ".").replace(".__init__", "")
+        for name, first, last in functions((ROOT / path).read_text(encoding="utf-8")):
+            if lines & set(range(first, last + 1)):
+                patterns.append(f"{module}.{name}__mutmut_*")
+    return patterns
+
+
+def configure(modules: Iterable[str]) -> None:
+    """Narrow mutmut's configuration (setup.cfg's [mutmut]) to `modules` and their tests."""
+    from mutmut.configuration import config
+
+    cfg = config()
+    modules = sorted(set(modules))
+    cfg.only_mutate = [source_glob(module) for module in modules]
+    cfg.pytest_add_cli_args_test_selection = test_paths(modules)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tox -e mutation --",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--all", action="store_true", help="every mapped module (the default)")
+    what.add_argument("--changed", action="store_true", help="the functions changed from --base")
+    parser.add_argument("--base", default="main", help="what --changed compares with")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("names", nargs="*", metavar="NAME_OR_PATTERN")
+    args = parser.parse_args(argv)
+    if args.names and (args.all or args.changed):
+        parser.error("names and patterns go alone, without --all or --changed")
+
+    names: list[str] = list(args.names)
+    if args.changed:
+        names = changed(args.base)
+        if not names:
+            print(f"No function of a mutated module differs from {args.base}: nothing to mutate.")
+            return 0
+        print("Changed functions:\n    " + "\n    ".join(names))
+    modules = sorted({m for name in names for m in modules_named(name)}) if names else list(TESTS)
+    if not modules:
+        parser.error(f"no module in tests/mutation/targets.py matches {names}")
+    unmapped = [n for n in names if "*" not in n and module_of(n) is None]
+    if unmapped:
+        parser.error(f"not a mutant of a module in tests/mutation/targets.py: {unmapped}")
+
+    os.chdir(ROOT)  # mutmut reads and writes relative to the working directory
+    shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    configure(modules)
+    print(f"Mutating {', '.join(modules)}; tests: {' '.join(test_paths(modules))}")
+    from mutmut.__main__ import _run
+
+    started = time.monotonic()
+    try:
+        _run(tuple(names), args.max_children)
+    except SystemExit as stopped:
+        # mutmut stops without saying why when the tests fail with no mutant switched on.
+        unmutated = ROOT / "mutants" / check_survivors.KILLS / "unmutated.log"
+        if unmutated.exists():
+            failures = [x for x in unmutated.read_text().splitlines() if x.startswith("FAILED")]
+            print("\nThe tests failed with no mutant switched on: " + "; ".join(failures))
+            print(f"(all of it: {unmutated})")
+        return int(stopped.code or 1) if not isinstance(stopped.code, str) else 1
+    print(f"mutmut took {time.monotonic() - started:.0f} s")
+    return check_survivors.main(names)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
