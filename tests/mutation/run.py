@@ -148,11 +148,12 @@ def main(argv: Sequence[str]) -> int:
         _run(tuple(names), args.max_children)
     except SystemExit as stopped:
         # mutmut stops without saying why when the tests fail with no mutant switched on.
-        unmutated = ROOT / "mutants" / check_survivors.KILLS / "unmutated.log"
-        if unmutated.exists():
-            failures = [x for x in unmutated.read_text().splitlines() if x.startswith("FAILED")]
-            print("\nThe tests failed with no mutant switched on: " + "; ".join(failures))
-            print(f"(all of it: {unmutated})")
+        for run in ("stats", "unmutated"):
+            log = ROOT / "mutants" / check_survivors.KILLS / f"{run}.log"
+            if log.exists():
+                failed = [x for x in log.read_text().splitlines() if x.startswith("FAILED")]
+                print("\nThe tests failed with no mutant switched on: " + "; ".join(failed))
+                print(f"(all of it: {log})")
         return int(stopped.code or 1) if not isinstance(stopped.code, str) else 1
     print(f"mutmut took {time.monotonic() - started:.0f} s")
     return check_survivors.main(names)

@@ -11,26 +11,54 @@ and a record of why it was killed. Outside mutmut (`MUTANT_UNDER_TEST` unset) th
   mutant was tried by name. In a fixed order a run is repeatable.
 * What killed a mutant is written to mutants/mutmut-kills/<mutant>.log: the tests it ran, in
   order, and each failure with its traceback, or, when mutmut's wall-clock limit stopped it
-  (SIGXCPU), the stack of every thread at that moment; a failure of the unmutated run mutmut
-  makes first goes to unmutated.log. mutmut itself records only an exit code, and a kill that
-  is not the mutant's doing can only be told from a real one by what failed.
-  tests/mutation/check_survivors.py and run.py show it.
+  (SIGXCPU), the stack of every thread at that moment; a failure of the runs mutmut makes
+  first, with no mutant, goes to stats.log or unmutated.log. mutmut itself records only an
+  exit code, and a kill that is not the mutant's doing can only be told from a real one by
+  what failed. tests/mutation/check_survivors.py and run.py show it.
+* mutmut replaces each mutated function by a `(*args, **kwargs)` trampoline, which
+  `inspect.getfullargspec` (unlike `inspect.signature`) does not see through. Synapse reads the
+  legacy class's parameters with it to decide whether to pass `api`, so each trampoline is
+  given its function's own signature back: otherwise every mutant of
+  `LegacyHTTPAntispam.__init__`, and mutmut's first pass over the tests, fail for mutmut's
+  doing, not the mutant's.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import importlib
+import inspect
 import os
+import pkgutil
 import signal
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 import pytest
 
-from tests.mutation.targets import judges
+from tests.mutation.targets import PACKAGE, judges
 
 KILLS = "mutmut-kills"
 _log: Optional[IO[str]] = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    package = importlib.import_module(PACKAGE)
+    for info in pkgutil.walk_packages(package.__path__, PACKAGE + "."):
+        if info.name.endswith(".__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        owners = [module, *(v for v in vars(module).values() if inspect.isclass(v))]
+        for owner in owners:
+            for function in vars(owner).values():
+                if inspect.isfunction(function) and _is_trampoline(function):
+                    function.__signature__ = inspect.signature(function.__wrapped__)
+
+
+def _is_trampoline(function: Any) -> bool:
+    return function.__code__.co_name == "_trampoline_wrapper" and hasattr(function, "__wrapped__")
 
 
 def _mutant() -> str:
@@ -39,10 +67,12 @@ def _mutant() -> str:
 
 
 def _log_name() -> str:
-    """This run's log: the mutant's, `unmutated` for mutmut's run without one, else none."""
-    if _mutant():
-        return _mutant()
-    return "unmutated" if os.environ.get("MUTANT_UNDER_TEST") == "" else ""
+    """This run's log: the mutant's; `unmutated` or `stats` for mutmut's runs without one (a
+    failure there stops mutmut, which does not say which test failed); else none."""
+    name = os.environ.get("MUTANT_UNDER_TEST")
+    if name is None or "__mutmut_" in name:
+        return name or ""
+    return {"": "unmutated", "stats": "stats"}.get(name, "")
 
 
 def _place(item: pytest.Item) -> tuple[str, int, tuple[int, ...]]:
