@@ -4,14 +4,15 @@ tests/mutation/run.py reads it to choose what a run mutates and which test files
 collects (a run of one module collects only that module's files, so mutmut's first pass over
 the tests, which maps each test to the functions it reaches, takes seconds instead of a
 minute); tests/unit/conftest.py reads it to run, for each mutant, only the tests of the files
-listed for its module. Nowhere else says either.
+listed for its module, in their order. Nowhere else says either.
 
 A module's files are those whose assertions are about it: its own tests, and the end-to-end
 tests that hold what it does as Synapse or an admin sees it. A file that only passes through
 a module on its way to something else is left out: it would run for every survivor (most of
 a mutant's time) without judging it, and a kill by it would be a kill for another reason.
 Every test file listed here must reach the module in-process: a subprocess runs the module
-without mutmut knowing which tests reached what.
+without mutmut knowing which tests reached what. The order counts: a mutant's tests run file by
+file in this order (pytest stopping at the first failure), so a module's own tests come first.
 """
 
 from __future__ import annotations
@@ -123,12 +124,6 @@ def module_of(mutant: str) -> str | None:
         if dotted == module or dotted.startswith(module + "."):
             return module
     return None
-
-
-def judges(mutant: str, test_file: str) -> bool:
-    """Whether the tests in `test_file` (a file name) take part in judging `mutant`."""
-    module = module_of(mutant)
-    return module is not None and test_file in TESTS[module]
 
 
 def source_glob(module: str) -> str:

@@ -4,11 +4,13 @@ and a record of why it was killed. Outside mutmut (`MUTANT_UNDER_TEST` unset) th
 * A mutant is judged by the test files tests/mutation/targets.py lists for its module, and no
   others: nearly every test parses a config or sends a request on its way to something else,
   and would otherwise run for every survivor of config.py or wire.py without judging it.
-* Its tests run in the suite's own order (file, then place in the file). mutmut hands them over
-  as a set, whose order changes with every run's hash seed: a test that leaves something behind
-  (a cancelled Deferred whose error is logged when it is collected) then failed whichever test
-  happened to come next and watched for such errors, a kill that did not happen again when the
-  mutant was tried by name. In a fixed order a run is repeatable.
+* Its tests run in a fixed order: file by file as targets.py lists them for the module (its
+  own tests first, so that a kill comes early: pytest stops at the first failure), each file in
+  its own order. mutmut hands them over as a set, whose order changes with every run's hash
+  seed: a test that leaves something behind (a cancelled Deferred whose error is logged when it
+  is collected) then failed whichever test happened to come next and watched for such errors,
+  a kill that did not happen again when the mutant was tried by name. In a fixed order a run
+  is repeatable. mutmut's runs without a mutant keep the suite's own order.
 * What killed a mutant is written to mutants/mutmut-kills/<mutant>.log: the tests it ran, in
   order, and each failure with its traceback, or, when mutmut's wall-clock limit stopped it
   (SIGXCPU), the stack of every thread at that moment; a failure of the runs mutmut makes
@@ -36,7 +38,7 @@ from typing import IO, Any, Optional
 
 import pytest
 
-from tests.mutation.targets import PACKAGE, judges
+from tests.mutation.targets import PACKAGE, TESTS, module_of
 
 KILLS = "mutmut-kills"
 _log: Optional[IO[str]] = None
@@ -75,10 +77,11 @@ def _log_name() -> str:
     return {"": "unmutated", "stats": "stats"}.get(name, "")
 
 
-def _place(item: pytest.Item) -> tuple[str, int, tuple[int, ...]]:
-    """Where pytest puts `item` when it collects the suite: file, line, then parameter."""
+def _place(item: pytest.Item, files: tuple[str, ...]) -> tuple[int, str, int, tuple[int, ...]]:
+    """The file's place in `files` (if there), then where pytest puts `item` in the suite."""
     callspec = getattr(item, "callspec", None)
     return (
+        files.index(item.path.name) if item.path.name in files else len(files),
         str(item.path),
         item.location[1] or 0,
         tuple(callspec.indices.values()) if callspec else (),
@@ -89,9 +92,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if "MUTANT_UNDER_TEST" not in os.environ:
         return
     mutant = _mutant()
-    kept = [item for item in items if not mutant or judges(mutant, item.path.name)]
+    module = module_of(mutant) if mutant else None
+    files = TESTS[module] if module else ()
+    kept = [item for item in items if not mutant or item.path.name in files]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = sorted(kept, key=_place)
+    items[:] = sorted(kept, key=lambda item: _place(item, files))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
