@@ -141,11 +141,19 @@ def main(argv: Sequence[str]) -> int:
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     configure(modules)
     print(f"Mutating {', '.join(modules)}; tests: {' '.join(test_paths(modules))}")
-    from mutmut.__main__ import _run
+    import mutmut.__main__ as mutmut_main
 
+    # Before the mutants, mutmut runs the tests of the functions named without any mutant; for
+    # a pattern it matches the pattern against function names, which a function's pattern
+    # (`x_detail__mutmut_*`) never matches, and then runs every test collected. Matched as
+    # `x_detail*` it runs those of the function (and of any whose name starts the same).
+    tests_for = mutmut_main.tests_for_mutant_names
+    mutmut_main.tests_for_mutant_names = lambda names: tests_for(
+        [n[: -len("__mutmut_*")] + "*" if n.endswith("__mutmut_*") else n for n in names]
+    )
     started = time.monotonic()
     try:
-        _run(tuple(names), args.max_children)
+        mutmut_main._run(tuple(names), args.max_children)
     except SystemExit as stopped:
         # mutmut stops without saying why when the tests fail with no mutant switched on.
         for run in ("stats", "unmutated"):
