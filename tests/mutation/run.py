@@ -1,8 +1,9 @@
 """`tox -e mutation [-- ARGS]`: run mutmut over what ARGS select, then check_survivors.py.
 
-    (nothing) or --all      every module in tests/mutation/targets.py: the whole run (hours)
+    (nothing) or --all      every module in tests/mutation/targets.py (but LEFT_OUT): the
+                            whole run (hours)
     --changed [--base REF]  the functions that differ from REF's merge-base (default: main),
-                            uncommitted edits included: minutes
+                            uncommitted edits included, in those modules: minutes
     NAME_OR_PATTERN ...     mutmut names or patterns ('synapse_http_antispam.answers*')
     --max-children N        tests run side by side (default 2)
 
@@ -28,7 +29,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import check_survivors
-from targets import PACKAGE, TESTS, module_of, modules_named, source_glob, test_paths
+from targets import (
+    LEFT_OUT,
+    PACKAGE,
+    TESTS,
+    module_of,
+    modules_named,
+    source_glob,
+    test_paths,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
@@ -41,9 +50,10 @@ def git(*args: str) -> str:
 
 
 def module_files() -> dict[str, str]:
-    """Each mapped module's source files (relative to the root) -> the module."""
+    """Each mapped module's source files (relative to the root) -> the module; not those left
+    out of the whole run."""
     files: dict[str, str] = {}
-    for module in TESTS:
+    for module in set(TESTS) - set(LEFT_OUT):
         path = ROOT / PACKAGE / module.replace(".", "/")
         for source in sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]:
             files[str(source.relative_to(ROOT))] = module
@@ -130,7 +140,12 @@ def main(argv: Sequence[str]) -> int:
             print(f"No function of a mutated module differs from {args.base}: nothing to mutate.")
             return 0
         print("Changed functions:\n    " + "\n    ".join(names))
-    modules = sorted({m for name in names for m in modules_named(name)}) if names else list(TESTS)
+    if names:
+        modules = sorted({m for name in names for m in modules_named(name)})
+    else:
+        modules = sorted(set(TESTS) - set(LEFT_OUT))
+        for module, why in sorted(LEFT_OUT.items()):
+            print(f"Not mutated: {module} ({why}).")
     if not modules:
         parser.error(f"no module in tests/mutation/targets.py matches {names}")
     unmapped = [n for n in names if "*" not in n and module_of(n) is None]

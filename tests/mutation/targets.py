@@ -32,7 +32,14 @@ _CALL = (
     "test_deadlines.py",
     "test_decision_path.py",
     "test_failure_details.py",
+    "test_fail_closed.py",
     "test_hardening.py",
+)
+_CONFIG = (
+    "test_config.py",
+    "test_config_rules.py",
+    "test_config_origin.py",
+    "test_config_skip.py",
 )
 
 # Module (dotted, below the package; a subpackage stands for every module in it) -> the test
@@ -49,9 +56,16 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_version_layer.py",
         "test_version_values.py",
     ),
+    "background": (
+        "test_decision_path.py",
+        "test_report_only.py",
+        "test_metrics_startup.py",
+        "test_forwarder.py",
+    ),
     # Nearly every test parses a config on its way to something else: only the config tests
     # judge it (the stricter rule: a mutant is killed only when a test about the config sees it).
-    "config": ("test_config.py", "test_config_rules.py"),
+    "config": _CONFIG,
+    "credentials": ("test_token_rotation.py", "test_forwarder.py"),
     "dispatch": (
         "test_doors.py",
         "test_payloads.py",
@@ -72,6 +86,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_breaker_story.py",
         "test_wire_limits.py",
     ),
+    "health": ("test_health.py", "test_metrics_startup.py"),
     "guards": (
         "test_breaker_limiter.py",
         "test_breaker_story.py",
@@ -81,7 +96,14 @@ TESTS: dict[str, tuple[str, ...]] = {
     "legacy": ("test_doors.py", "test_registration.py", "test_report_only.py"),
     "log": ("test_log_lines.py", "test_several_instances.py", "test_breaker_story.py", *_CALL),
     "module": ("test_doors.py", "test_registration.py", "test_report_only.py"),
-    "pinger": ("test_pinger.py", "test_forwarder.py", "test_deadlines.py", "test_hardening.py"),
+    "pinger": (
+        "test_pinger.py",
+        "test_health.py",
+        "test_forwarder.py",
+        "test_deadlines.py",
+        "test_hardening.py",
+    ),
+    "policy": ("test_config_skip.py", "test_config_origin.py"),
     "reuse": ("test_reuse.py",),
     "sending": ("test_breaker_story.py", "test_several_instances.py", *_CALL),
     "synapse_compat": (
@@ -91,6 +113,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_registration.py",
         "test_report_only.py",
     ),
+    "values": _CONFIG,
     "verdict": (
         "test_version_layer.py",
         "test_version_values.py",
@@ -109,9 +132,16 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_several_instances.py",
         *_CALL,
     ),
-    # The command, run in-process by test_check.py (its few subprocess tests reach nothing
-    # mutmut can see, and are not needed to judge it).
-    "check": ("test_check.py",),
+    # The command, run in-process by test_check.py (its subprocess tests reach nothing mutmut
+    # can see, and are not needed to judge it) and test_check_advice.py.
+    "check": ("test_check.py", "test_check_advice.py"),
+}
+
+# Mapped, but left out of the whole run and of --changed until the reason is gone; a run that
+# names them (`'synapse_http_antispam.check*'`) still mutates them.
+LEFT_OUT: dict[str, str] = {
+    "check": "test_check.py runs the command line (cli.py, the JSON report) only in subprocesses,"
+    " whose tests mutmut cannot tell reach it: those mutants would all be `no tests`",
 }
 
 
