@@ -151,13 +151,28 @@ def kill_reason(name: str) -> str:
     if not log.exists():
         return "    (no record of what killed it)"
     lines = log.read_text(encoding="utf-8").splitlines()
-    failed = [i for i, line in enumerate(lines) if line.startswith(("FAILED", "Current thread"))]
-    if not failed:
-        ran = [line for line in lines if line.startswith("run ")]
-        return f"    last test started: {ran[-1][4:] if ran else '(none)'}; {lines[-1]}"
-    tail = [line for line in lines[failed[0] + 1 :] if line.strip()][-3:]
-    shown = [lines[failed[0]], *tail]
-    return "\n".join(f"    {line}" for line in shown) + f"\n    (all of it: {log})"
+    ran = [line[len("run ") :] for line in lines if line.startswith("run ")]
+    failed = [i for i, line in enumerate(lines) if line.startswith("FAILED")]
+    if failed:
+        # The failing test, then the last lines of its traceback: the error itself.
+        first = failed[0]
+        ends = [
+            i
+            for i in range(first + 1, len(lines))
+            if lines[i].startswith(("FAILED", "pytest exit"))
+        ]
+        tail = [line for line in lines[first + 1 : ends[0] if ends else None] if line.strip()][-3:]
+        shown = [lines[first], *tail]
+    elif any(line.startswith("Current thread") for line in lines):
+        # Stopped by mutmut's wall-clock limit: where the test was (innermost frames first).
+        start = next(i for i, line in enumerate(lines) if line.startswith("Current thread"))
+        shown = [
+            f"stopped (SIGXCPU) in {ran[-1] if ran else '(no test)'}",
+            *lines[start + 1 : start + 4],
+        ]
+    else:
+        shown = [f"no failure recorded; last test started: {ran[-1] if ran else '(none)'}"]
+    return "\n".join(f"    {line[:300]}" for line in shown) + f"\n    (all of it: {log})"
 
 
 def main(patterns: Sequence[str] = ()) -> int:
