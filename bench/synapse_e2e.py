@@ -12,8 +12,12 @@ and that the calls reached the antispam server and were answered.
 
 Per configuration: sequential sends (one user, one room, one keep-alive connection: median and
 p95 latency) and concurrent senders (each user in its own room on its own connection, for a
-fixed time: messages per second). Configurations are measured in interleaved rounds and the
-best round of each is reported, so boot order and machine noise do not decide.
+fixed time: messages per second). Configurations are measured in interleaved rounds (the
+order reversed every other round, so no configuration always boots first or last), and every
+round is kept: the figures are the median of the rounds with their range, and the differences
+to "module off" are taken round by round (each configuration against the "module off" boot of
+the same round, minutes apart at most), so the spread the machine adds shows beside each
+figure. A difference smaller than that spread is not one this run can tell.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import shutil
 import statistics
@@ -29,6 +34,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +57,8 @@ UPSTREAM_CALLBACKS = [
 ]
 REQUEST_TIMEOUT = 30.0  # seconds, per Matrix request
 BOOT_TIMEOUT = 60.0
+# Every round of the last run, for --redraw.
+ROUNDS = WORK / "synapse-e2e-rounds.json"
 
 
 def install_upstream() -> None:
@@ -233,6 +241,34 @@ def start_fast_server() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("fast_server.py did not listen within 20 s")
 
 
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the rounds: the figure and how far the machine moved it."""
+    return statistics.median(values), min(values), max(values)
+
+
+def show(values: Sequence[float], digits: int, unit: str = "") -> str:
+    middle, low, high = spread(values)
+    return f"{middle:.{digits}f}{unit} [{low:.{digits}f}..{high:.{digits}f}]"
+
+
+@dataclass
+class Paired:
+    """One configuration against "module off", round by round (same round, adjacent boots)."""
+
+    added_ms: list[float]  # median latency minus off's, per round
+    latency_ratio: list[float]
+    throughput_ratio: list[float]
+
+
+def paired(rounds: dict[str, list[dict[str, float]]], name: str) -> Paired:
+    off, on = rounds["module off"], rounds[name]
+    return Paired(
+        added_ms=[b["median_ms"] - a["median_ms"] for a, b in zip(off, on)],
+        latency_ratio=[b["median_ms"] / a["median_ms"] for a, b in zip(off, on)],
+        throughput_ratio=[b["msgs_per_s"] / a["msgs_per_s"] for a, b in zip(off, on)],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sequential", type=int, default=300, help="sequential sends")
@@ -240,11 +276,28 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=8, help="concurrent senders")
     parser.add_argument("--duration", type=float, default=5.0, help="concurrent phase, seconds")
     parser.add_argument("--cap", type=int, default=5000, help="at most this many per sender")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds, all kept (spread needs 3+)"
+    )
+    parser.add_argument(
+        "--no-upstream",
+        action="store_true",
+        help="only module off and this module (skip 0.5.1: a third shorter run)",
+    )
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help=f"draw the figure again from the last run's rounds ({ROUNDS.relative_to(ROOT)})",
+    )
     args = parser.parse_args()
+    if args.redraw:
+        saved = json.loads(ROUNDS.read_text())
+        report(saved["rounds"], saved["setup"])
+        return
     assert args.sequential >= 20 and args.senders >= 1 and 0 < args.duration <= 60
-    assert 1 <= args.rounds <= 10
-    install_upstream()
+    assert 2 <= args.rounds <= 20
+    if not args.no_upstream:
+        install_upstream()
     server, url = start_fast_server()
     configs = [
         Config("module off", []),
@@ -253,23 +306,29 @@ def main() -> None:
             [{"module": "synapse_http_antispam.HTTPAntispam", "config": {"base_url": url}}],
             loaded="synapse_http_antispam.module.HTTPAntispam",
         ),
-        Config(
-            f"{UPSTREAM_VERSION} (PyPI)",
-            [
-                {
-                    "module": "synapse_http_antispam.HTTPAntispam",
-                    "config": {"base_url": url, "enabled_callbacks": UPSTREAM_CALLBACKS},
-                }
-            ],
-            env={"PYTHONPATH": str(UPSTREAM)},
-            loaded="synapse_http_antispam.HTTPAntispam",
-        ),
     ]
+    if not args.no_upstream:
+        configs.append(
+            Config(
+                f"{UPSTREAM_VERSION} (PyPI)",
+                [
+                    {
+                        "module": "synapse_http_antispam.HTTPAntispam",
+                        "config": {"base_url": url, "enabled_callbacks": UPSTREAM_CALLBACKS},
+                    }
+                ],
+                env={"PYTHONPATH": str(UPSTREAM)},
+                loaded="synapse_http_antispam.HTTPAntispam",
+            )
+        )
     rounds: dict[str, list[dict[str, float]]] = {c.name: [] for c in configs}
     version = ""
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         for round_number in range(1, args.rounds + 1):
-            for config in configs:
+            # Odd rounds boot off first, even rounds last: a drift of the machine over the run
+            # does not always favour the same configuration.
+            for config in configs if round_number % 2 else configs[::-1]:
                 workdir = WORK / re.sub(r"[^\w]+", "-", config.name).strip("-")
                 shutil.rmtree(workdir, ignore_errors=True)
                 synapse = SynapseServer(workdir, modules=config.modules, env=config.env)
@@ -283,71 +342,147 @@ def main() -> None:
                 rounds[config.name].append(figures)
                 print(
                     f"round {round_number} {config.name:<13} median {figures['median_ms']:5.2f}"
-                    f" ms, p95 {figures['p95_ms']:5.2f} ms, {figures['msgs_per_s']:4.0f} msgs/s"
+                    f" ms, p95 {figures['p95_ms']:5.2f} ms, {figures['msgs_per_s']:5.1f} msgs/s"
                     f" ({seen})",
                     flush=True,
                 )
     finally:
         server.terminate()
         server.wait(10)
-    results = {
-        name: {
-            "median_ms": min(r["median_ms"] for r in runs),
-            "p95_ms": min(r["p95_ms"] for r in runs),
-            "msgs_per_s": max(r["msgs_per_s"] for r in runs),
-        }
-        for name, runs in rounds.items()
-    }
-    off = results["module off"]
-    print(
-        f"\nSynapse {version}, Python {sys.version.split()[0]}; {args.sequential} sequential "
-        f"sends (after {args.warmup} warm-up); {args.senders} concurrent senders for "
-        f"{args.duration:g} s; best of {args.rounds} interleaved rounds\n"
+    setup = (
+        f"{started}, Synapse {version}, Python {sys.version.split()[0]}, {os.cpu_count()} cores;"
+        f" {args.rounds} interleaved rounds; per round {args.sequential} sequential sends (after"
+        f" {args.warmup} warm-up), then {args.senders} concurrent senders for {args.duration:g} s"
     )
-    header = f"{'config':<13} | {'median ms':>9} | {'p95 ms':>7} | {'msgs/s':>6} | vs module off"
+    WORK.mkdir(parents=True, exist_ok=True)
+    ROUNDS.write_text(json.dumps({"setup": setup, "rounds": rounds}, indent=1))
+    report(rounds, setup)
+
+
+def report(rounds: dict[str, list[dict[str, float]]], setup: str) -> None:
+    """The table and the figure, from every round (saved first, so a figure can be drawn
+    again from the same measurements)."""
+    print(f"\n{setup}\nmedian of the rounds [min..max of the rounds]\n")
+    header = f"{'config':<13} | {'median ms':>20} | {'p95 ms':>20} | {'msgs/s':>14}"
     print(header)
-    print("-" * (len(header) + 40))
-    for name, r in results.items():
-        added = r["median_ms"] - off["median_ms"]
+    print("-" * len(header))
+    for name, runs in rounds.items():
         print(
-            f"{name:<13} | {r['median_ms']:>9.2f} | {r['p95_ms']:>7.2f} | {r['msgs_per_s']:>6.0f}"
-            f" | median x{r['median_ms'] / off['median_ms']:.2f} ({added:+.2f} ms/message),"
-            f" p95 x{r['p95_ms'] / off['p95_ms']:.2f},"
-            f" throughput x{r['msgs_per_s'] / off['msgs_per_s']:.2f}"
+            f"{name:<13} | {show([r['median_ms'] for r in runs], 2):>20}"
+            f" | {show([r['p95_ms'] for r in runs], 2):>20}"
+            f" | {show([r['msgs_per_s'] for r in runs], 0):>14}"
         )
-    draw(results, version, ROOT / "bench" / "synapse-e2e.png")
+    print("\nround by round against module off (same round):")
+    for name in list(rounds)[1:]:
+        p = paired(rounds, name)
+        print(
+            f"{name:<13} | median {show(p.added_ms, 2, ' ms')} per message,"
+            f" x{show(p.latency_ratio, 3)}; throughput x{show(p.throughput_ratio, 3)}"
+        )
+    draw(rounds, setup, ROOT / "bench" / "synapse-e2e.png")
 
 
-def draw(results: dict[str, dict[str, float]], version: str, path: Path) -> None:
-    """The per-message cost of each configuration, as bars beside the module-off baseline."""
+CAPTION = (
+    "Dots: one round each (a fresh Synapse); shaded bar: the range of the rounds; tick: their"
+    " median. Second and fourth panels: each configuration against 'module off' booted in the"
+    " same round.\n"
+    "What to see: whether those dots sit on one side of the line (0 ms added, x1 throughput)."
+    " Where they straddle it, or the difference is smaller than the rounds' range, this run"
+    " cannot tell the configurations apart;\n"
+    "no run can show a module making Synapse faster (it only adds work). Synapse, the antispam"
+    " server and the senders share the machine's cores, so throughput includes the antispam"
+    " server's own CPU."
+)
+
+
+def draw(rounds: dict[str, list[dict[str, float]]], setup: str, path: Path) -> None:
+    """Every round as a dot with the rounds' range and median, and the round-by-round
+    differences to 'module off', so the machine's noise is as visible as the module's cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    off = results["module off"]["median_ms"]
-    fig, (latency, throughput) = plt.subplots(1, 2, figsize=(10, 4))
-    x = range(len(names))
-    medians = [results[n]["median_ms"] for n in names]
-    p95s = [results[n]["p95_ms"] for n in names]
-    latency.bar([i - 0.2 for i in x], medians, width=0.4, label="median")
-    latency.bar([i + 0.2 for i in x], p95s, width=0.4, label="p95")
-    for i, median in enumerate(medians):
-        latency.annotate(f"{median - off:+.2f} ms", (i - 0.2, median), ha="center", va="bottom")
-    latency.set_xticks(list(x), names)
+    names = list(rounds)
+    others = names[1:]
+    fig, (latency, added, throughput, ratio) = plt.subplots(
+        1, 4, figsize=(17, 5.6), gridspec_kw={"width_ratios": [3, 2, 3, 2]}
+    )
+
+    def dots(axis: Any, x: float, values: Sequence[float], colour: str, label: str) -> None:
+        """One configuration's rounds: the dots, their range and their median."""
+        middle, low, high = spread(values)
+        axis.vlines(x, low, high, color=colour, linewidth=7, alpha=0.25)
+        axis.hlines(middle, x - 0.13, x + 0.13, color=colour, linewidth=2)
+        jitter = [x + 0.035 * (j - (len(values) - 1) / 2) for j in range(len(values))]
+        axis.scatter(jitter, values, s=16, color=colour, zorder=3, label=label or None)
+
+    for i, name in enumerate(names):
+        first = i == 0
+        dots(
+            latency,
+            i - 0.17,
+            [r["median_ms"] for r in rounds[name]],
+            "tab:blue",
+            "median of a round" if first else "",
+        )
+        dots(
+            latency,
+            i + 0.17,
+            [r["p95_ms"] for r in rounds[name]],
+            "tab:orange",
+            "p95 of a round" if first else "",
+        )
+        dots(throughput, i, [r["msgs_per_s"] for r in rounds[name]], "tab:green", "")
+    for axis in (latency, throughput):
+        axis.set_xticks(range(len(names)), names)
+        axis.set_xlim(-0.6, len(names) - 0.4)
+        axis.set_ylim(bottom=0)
     latency.set_ylabel("ms per message send")
-    latency.set_title("Latency (sequential sends)")
-    latency.legend()
-    throughput.bar(list(x), [results[n]["msgs_per_s"] for n in names], color="tab:green")
-    throughput.set_xticks(list(x), names)
+    latency.set_title("Latency, sequential sends")
+    latency.legend(loc="lower right", fontsize="small")
     throughput.set_ylabel("messages per second")
-    throughput.set_title("Throughput (concurrent senders)")
-    fig.suptitle(f"Synapse {version}: module off, this module, 0.5.1 (best of interleaved rounds)")
-    fig.tight_layout()
+    throughput.set_title("Throughput, concurrent senders")
+
+    titles = []
+    for i, name in enumerate(others):
+        p = paired(rounds, name)
+        for axis, values, unit in (
+            (added, p.added_ms, "{:+.2f} ms"),
+            (ratio, p.throughput_ratio, "x{:.2f}"),
+        ):
+            middle, low, high = spread(values)
+            dots(axis, i, values, "tab:purple", "")
+            axis.annotate(
+                unit.format(middle) + "\n[" + unit.format(low) + ".." + unit.format(high) + "]",
+                (i + 0.2, middle),
+                va="center",
+                fontsize="small",
+            )
+        ms, ms_low, ms_high = spread(p.added_ms)
+        x, x_low, x_high = spread(p.throughput_ratio)
+        titles.append(
+            f"{name} {ms:+.2f} ms [{ms_low:+.2f}..{ms_high:+.2f}] per send,"
+            f" throughput x{x:.2f} [{x_low:.2f}..{x_high:.2f}]"
+        )
+    added.axhline(0, color="black", linewidth=0.8)
+    added.set_ylabel("ms per send, minus module off's")
+    added.set_title("Added latency, round by round")
+    ratio.axhline(1, color="black", linewidth=0.8)
+    ratio.set_ylabel("msgs/s, divided by module off's")
+    ratio.set_title("Throughput ratio, round by round")
+    for axis in (added, ratio):
+        axis.set_xticks(range(len(others)), others)
+        axis.set_xlim(-0.5, len(others) - 0.5 + 0.8)
+    fig.suptitle(
+        "Against module off, median of the rounds [min..max]: " + "; ".join(titles) + f"\n{setup}",
+        fontsize="medium",
+    )
+    fig.text(0.01, 0.01, CAPTION, fontsize="small", va="bottom")
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    print(f"figure: {path.relative_to(ROOT)}")
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":
