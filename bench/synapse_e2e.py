@@ -406,7 +406,7 @@ def draw(rounds: dict[str, list[dict[str, float]]], setup: str, path: Path) -> N
     names = list(rounds)
     others = names[1:]
     fig, (latency, added, throughput, ratio) = plt.subplots(
-        1, 4, figsize=(17, 5.6), gridspec_kw={"width_ratios": [3, 2, 3, 2]}
+        1, 4, figsize=(17, 5.6), gridspec_kw={"width_ratios": [3, 2.4, 3, 2.4]}
     )
 
     def dots(axis: Any, x: float, values: Sequence[float], colour: str, label: str) -> None:
@@ -448,7 +448,7 @@ def draw(rounds: dict[str, list[dict[str, float]]], setup: str, path: Path) -> N
     for i, name in enumerate(others):
         p = paired(rounds, name)
         for axis, values, unit in (
-            (added, p.added_ms, "{:+.2f} ms"),
+            (added, p.added_ms, "{:+.2f}"),
             (ratio, p.throughput_ratio, "x{:.2f}"),
         ):
             middle, low, high = spread(values)
@@ -457,7 +457,7 @@ def draw(rounds: dict[str, list[dict[str, float]]], setup: str, path: Path) -> N
                 unit.format(middle) + "\n[" + unit.format(low) + ".." + unit.format(high) + "]",
                 (i + 0.2, middle),
                 va="center",
-                fontsize="small",
+                fontsize="x-small",
             )
         ms, ms_low, ms_high = spread(p.added_ms)
         x, x_low, x_high = spread(p.throughput_ratio)
@@ -473,7 +473,7 @@ def draw(rounds: dict[str, list[dict[str, float]]], setup: str, path: Path) -> N
     ratio.set_title("Throughput ratio, round by round")
     for axis in (added, ratio):
         axis.set_xticks(range(len(others)), others)
-        axis.set_xlim(-0.5, len(others) - 0.5 + 0.8)
+        axis.set_xlim(-0.4, len(others) - 0.4 + 0.6)
     fig.suptitle(
         "Against module off, median of the rounds [min..max]: " + "; ".join(titles) + f"\n{setup}",
         fontsize="medium",
