@@ -212,7 +212,8 @@ def account(report: SoakReport, synapse: SynapseServer, chaos: ChaosServer) -> N
     expected: Counter[tuple[str, str, str, str]] = Counter()
     for (callback, kind), given in chaos.answers.items():
         if kind in ACCOUNTED:
-            expected[(ACCOUNTED[kind][0], callback, *ACCOUNTED[kind][1:])] += given
+            family, label, value = ACCOUNTED[kind]
+            expected[(family, callback, label, value)] += given
     for (family, callback, label, value), given in sorted(expected.items()):
         counted = metric(text, f"{PREFIX}_{family}_total", callback=callback, **{label: value})
         shared = metric(text, f"{PREFIX}_reused_total", callback=callback)
@@ -487,6 +488,27 @@ def draw(runs: list[Run], args: argparse.Namespace, path: Path) -> None:
     print(f"figure: {path}", flush=True)
 
 
+def redraw() -> None:
+    """The figure again from the measurements the last run saved (SAVED), with its arguments."""
+    saved = json.loads(SAVED.read_text())
+    args = argparse.Namespace(**saved["args"])
+    runs = [
+        Run(
+            r["name"],
+            r["rate"],
+            SoakReport(seconds=args.seconds),
+            [Sent(*s) for s in r["sent"]],
+            [(t, b, counts) for t, b, counts in r["rows"]],
+            [(a, b) for a, b in r["outages"]],
+            [(a, b) for a, b in r["breaker"]],
+            r["healthy_at"],
+            r["end"],
+        )
+        for r in saved["runs"]
+    ]
+    draw(runs, args, FIGURE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120, help="the chaotic phase")
@@ -505,23 +527,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.redraw:
-        saved = json.loads(SAVED.read_text())
-        args = argparse.Namespace(**saved["args"])
-        runs = [
-            Run(
-                r["name"],
-                r["rate"],
-                SoakReport(seconds=args.seconds),
-                [Sent(*s) for s in r["sent"]],
-                [(t, b, counts) for t, b, counts in r["rows"]],
-                [tuple(o) for o in r["outages"]],
-                [tuple(b) for b in r["breaker"]],
-                r["healthy_at"],
-                r["end"],
-            )
-            for r in saved["runs"]
-        ]
-        draw(runs, args, FIGURE)
+        redraw()
         return
     assert 5 <= args.seconds <= 1800 and 1 <= args.clients <= 64 and 0 < args.rate <= 200
     runs: list[Run] = []
