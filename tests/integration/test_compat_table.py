@@ -1,4 +1,5 @@
-"""The README's compatibility table is checked against the Synapse this environment runs."""
+"""The compatibility table (docs/compatibility.md) is checked against the Synapse this
+environment runs."""
 
 from __future__ import annotations
 
@@ -12,22 +13,22 @@ from synapse_http_antispam.catalogue import CALLBACKS
 from tests.integration.conftest import VERSION
 from tests.support.synapse import real_spam_checker_keywords
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+COMPATIBILITY = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 LINES = ("1.25", "1.30", "1.37", "1.59", "1.62", "1.87", "1.99", "1.124", "1.134")
 
 
-def readme_row() -> list[str]:
+def table_row() -> list[str]:
     line = f"{VERSION[0]}.{VERSION[1]}"
     key = line if line in LINES else "newest"
-    for row in README.read_text().splitlines():
+    for row in COMPATIBILITY.read_text().splitlines():
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
         if cells and cells[0] == key:
             return cells
-    raise AssertionError(f"README compatibility table has no row {key!r}")
+    raise AssertionError(f"docs/compatibility.md has no row {key!r}")
 
 
-def test_readme_states_what_this_release_registers() -> None:
-    cells = readme_row()
+def test_compatibility_table_states_what_this_release_registers() -> None:
+    cells = table_row()
     keywords = real_spam_checker_keywords()
     if keywords is None:
         assert cells[2].startswith("no"), cells

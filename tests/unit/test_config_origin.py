@@ -266,9 +266,10 @@ async def test_check_shows_the_policy_by_origin(tmp_path: Any, server: AntispamS
 
 
 def test_the_readme_example_parses() -> None:
-    from tests.unit.test_config_skip import readme_yaml
+    from tests.unit.test_config_skip import docs_yaml
 
-    config = parse_config({"base_url": URL, **readme_yaml("Failure policy by origin")})
+    example = docs_yaml("failure-policy.md", "Failure policy by origin")
+    config = parse_config({"base_url": URL, **example})
     assert config.fail_open == {
         "check_event_for_spam": ByOrigin(local=False, remote=True),
         "user_may_invite": ByOrigin(local=True, remote=False),

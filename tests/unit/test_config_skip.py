@@ -440,19 +440,19 @@ def test_any_rules_are_a_config_or_an_error_naming_skip(name: str, written: Any)
     parses_or_names("skip", {"base_url": URL, "skip": {name: written}})
 
 
-def readme_yaml(heading: str) -> dict[str, Any]:
-    """The first YAML block under a README heading, parsed as Synapse would."""
+def docs_yaml(page: str, heading: str) -> dict[str, Any]:
+    """The first YAML block under a heading of a docs/ page, parsed as Synapse would."""
     import re
     from pathlib import Path
 
     yaml = pytest.importorskip("yaml")
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
     match = re.search(rf"^#+ {re.escape(heading)}\n.*?```yaml\n(.*?)```", text, re.M | re.S)
-    assert match, heading
+    assert match, (page, heading)
     loaded: dict[str, Any] = yaml.safe_load(match.group(1))
     return loaded
 
 
 def test_the_readme_example_parses() -> None:
-    config = parse_config({"base_url": URL, **readme_yaml("Skipping calls")})
+    config = parse_config({"base_url": URL, **docs_yaml("configuration.md", "Skipping calls")})
     assert set(config.skip) == {"user_may_invite", "check_event_for_spam"}

@@ -19,6 +19,8 @@ from synapse_http_antispam.config import BREAKER_KEYS, KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+WIRE_PROTOCOL = DOCS / "wire-protocol.md"
 BEGIN, END = "<!-- BEGIN callback table (generated) -->", "<!-- END callback table -->"
 
 
@@ -35,33 +37,40 @@ def render_callback_table() -> str:
     return "\n".join(rows)
 
 
-def section(text: str, heading: str) -> str:
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## )", text, re.M | re.S)
-    assert match, f"README has no '## {heading}' section"
+def section(path: Path, heading: str, level: int = 2) -> str:
+    """The text under a heading of that level, up to the next heading of the same level or a
+    higher one (or the end of the file)."""
+    marks = "#" * level
+    match = re.search(
+        rf"^{marks} {re.escape(heading)}\n(.*?)(?=^#{{1,{level}}} |\Z)",
+        path.read_text(),
+        re.M | re.S,
+    )
+    assert match, f"{path.relative_to(ROOT)} has no '{marks} {heading}' section"
     return match.group(1)
 
 
 def test_generated_callback_table_is_current() -> None:
-    text = README.read_text()
+    text = WIRE_PROTOCOL.read_text()
     table = render_callback_table()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
     if os.environ.get("UPDATE_DOCS"):
         text = text[:start] + "\n" + table + "\n" + text[end:]
-        README.write_text(text)
+        WIRE_PROTOCOL.write_text(text)
         start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
     assert text[start:end].strip() == table
 
 
 def test_config_reference_names_every_key() -> None:
-    reference = section(README.read_text(), "Configuration reference")
+    reference = section(DOCS / "configuration.md", "Configuration reference", level=1)
     for key in (*KEYS, *BREAKER_KEYS):
         assert f"`{key}`" in reference, key
 
 
 def test_protocol_reference_documents_every_callback() -> None:
-    protocol = section(README.read_text(), "Wire protocol")
+    protocol = section(WIRE_PROTOCOL, "Wire protocol", level=1)
     for name in CALLBACKS:
-        assert f"### `{name}`" in protocol, name
+        assert f"\n## `{name}`\n" in protocol, name
 
 
 def _yaml_block(text: str) -> dict[str, object]:
@@ -76,31 +85,33 @@ def _yaml_block(text: str) -> dict[str, object]:
 
 
 def test_meowlnir_and_draupnir_sections_show_the_tested_configs() -> None:
-    """The configs the README gives are the ones tests/integration/test_peers.py boots."""
+    """The configs the front page and docs/peers.md give are the ones
+    tests/integration/test_peers.py boots."""
     from tests.support.peers import DraupnirModel, MeowlnirModel
 
-    text = README.read_text()
     with MeowlnirModel() as meowlnir, DraupnirModel() as draupnir:
         tested_configs = {
-            "With Meowlnir": meowlnir.module_config(),
-            "With Draupnir": draupnir.module_config(),
+            (DOCS / "peers.md", "With Meowlnir", 2): meowlnir.module_config(),
+            (DOCS / "peers.md", "With Draupnir", 2): draupnir.module_config(),
+            (README, "Meowlnir", 3): meowlnir.module_config(),
+            (README, "Draupnir", 3): draupnir.module_config(),
         }
-    for heading, tested in tested_configs.items():
-        shown = _yaml_block(section(text, heading))
+    for (path, heading, level), tested in tested_configs.items():
+        shown = _yaml_block(section(path, heading, level))
         for placeholder in ("base_url", "authorization"):
             shown.pop(placeholder)
             tested.pop(placeholder)
-        assert shown == tested, heading
+        assert shown == tested, (path.name, heading)
 
 
 def test_several_servers_section_shows_the_tested_config() -> None:
-    """The two entries the README gives are the ones tests/integration/test_several_servers.py
-    boots (through modules:), placeholders aside."""
+    """The two entries docs/several-servers.md gives are the ones
+    tests/integration/test_several_servers.py boots (through modules:), placeholders aside."""
     import yaml
 
     from tests.integration.test_several_servers import several_servers_config
 
-    text = section(README.read_text(), "Several servers")
+    text = section(DOCS / "several-servers.md", "Several servers", level=1)
     match = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert match
     shown = yaml.safe_load(match.group(1))["modules"]
@@ -113,8 +124,6 @@ def test_several_servers_section_shows_the_tested_config() -> None:
 
 
 # --- Every document: links resolve, YAML parses, module configs pass the module's parser ---
-
-DOCS = ROOT / "docs"
 
 
 def documents() -> list[Path]:
@@ -298,3 +307,18 @@ def test_placeholders_are_filled_in() -> None:
 def test_yaml_examples_are_found() -> None:
     names = {where.partition(":")[0] for where, _ in yaml_blocks()}
     assert {"README.md", "MIGRATING.md"} <= names
+
+
+def test_every_docs_page_says_what_it_is_for_and_is_listed() -> None:
+    """Each page under docs/ opens with its title and a one-sentence paragraph saying what it
+    is for, and both indexes (docs/README.md and the front page) link it."""
+    index = relative_links(DOCS / "README.md")
+    front = relative_links(README)
+    for page in sorted(DOCS.glob("*.md")):
+        title, purpose, *_ = page.read_text().split("\n\n")
+        assert re.fullmatch(r"# \S.*", title), page.name
+        assert not purpose.startswith(("#", "*", "|", "`" * 3)), page.name
+        assert purpose.endswith(".") and purpose.count(". ") == 0, page.name
+        if page.name != "README.md":
+            assert page.name in index, page.name
+            assert f"docs/{page.name}" in front, page.name
