@@ -8,14 +8,14 @@ names and topics. Standard library only. Run it standalone:
 and point the module at it (`base_url: http://127.0.0.1:8081`, `authorization: T`). It listens
 on port 8081 unless told otherwise (`--port`), not on 8008: that is Synapse's own client port.
 
-The protocol (README, "Wire protocol"): the module POSTs a JSON object to /<callback>. Any 2xx
+The protocol (docs/wire-protocol.md): the module POSTs a JSON object to /<callback>. Any 2xx
 allows; a 4xx (except 401 and 407) with a JSON object rejects, and its `errcode`, `error` and
 any extra fields reach the Matrix client; anything else (5xx, 401, no answer...) counts as this
 server failing, and the module's `fail_open` policy decides.
 
 An answer may say how long the module can reuse it for identical calls (same callback, same
-body): `Cache-Control: max-age=N` (README, "Reusing answers"). This server says so for
-user-directory searches, which ask about the same profiles again and again.
+body): `Cache-Control: max-age=N` (docs/wire-protocol.md, "Reusing answers"). This server
+says so for user-directory searches, which ask about the same profiles again and again.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Policy:
         return next((w for w in sorted(self.blocked_words) if w.lower() in lowered), None)
 
     def decide(self, callback: str, body: dict[str, Any]) -> Answer:
-        """One branch per callback you care about; field names as in the README."""
+        """One branch per callback you care about; field names as in docs/wire-protocol.md."""
         if callback == "ping":  # sent once at Synapse startup when do_ping is true
             return 200, {"id": body.get("id"), "status": "ok"}
         if callback == "user_may_invite" and body.get("inviter") in self.blocked_users:

@@ -240,7 +240,8 @@ def scenario(
 
     t.phase("Phase 4: the policy server is back on the same port: checks resume")
     policy_up(True)
-    time.sleep(3.5)  # if failures opened the circuit breaker, it closes within 3 s (README)
+    # If failures opened the circuit breaker, it closes within 3 s (docs/failure-policy.md).
+    time.sleep(3.5)
     t.step(
         "alice", "invite carol", "allowed", lambda: alice.invite(room_id, carol.user_id), allowed
     )

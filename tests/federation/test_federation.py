@@ -3,7 +3,7 @@
 `mallory` is a user of the remote server, `alice` of the local one (the server with the module).
 Each test drives both as Matrix clients would and asserts what each of them sees, as well as
 what the antispam server was asked. What Synapse does differs by release; the expectations below
-say so where it matters (README "Federation" documents the same findings).
+say so where it matters (docs/federation.md documents the same findings).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ breaker, not-implemented memory, metric series and log prefix. Synapse asks the 
 the order they are listed and stops at the first refusal, so when both refuse, the client sees
 the first entry's answer and the second server is not asked at all.
 
-The README's "Several servers" section shows `several_servers_config()` with placeholders; a
+docs/several-servers.md shows `several_servers_config()` with placeholders; a
 unit test (tests/unit/test_docs.py) keeps the two equal.
 """
 
@@ -38,8 +38,9 @@ HAS_JOIN = VERSION >= (1, 45, 0)
 def several_servers_config(
     meowlnir_url: str, meowlnir_secret: str, policy_url: str, policy_secret: str, door: str
 ) -> list[dict[str, Any]]:
-    """The two entries the README shows: Meowlnir first (named), the own server second (named by
-    its base_url). Through spam_checker: the join callback cannot be carried, so it is left out.
+    """The two entries docs/several-servers.md shows: Meowlnir first (named), the own server
+    second (named by its base_url). Through spam_checker: the join callback cannot be carried,
+    so it is left out.
     """
     meowlnir: dict[str, Any] = {
         "name": "meowlnir",

@@ -13,7 +13,8 @@ from tests.support.chaos import ChaosServer, soak
 
 TIMEOUT = 2.0
 PROBE_INTERVAL = 1.0
-# The README's bound: the breaker closes at most probe_interval + 2 s after the server answers.
+# The documented bound (docs/failure-policy.md): the breaker closes at most probe_interval + 2 s
+# after the server answers.
 RECOVERY_BOUND = PROBE_INTERVAL + 2.0
 # Generous margin for a loaded 2-core CI machine; the point is "no hang", "seconds not minutes".
 MARGIN = 5.0

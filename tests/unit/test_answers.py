@@ -131,8 +131,8 @@ def test_json_nested_past_the_parsers_limit_is_a_bad_response_not_an_error() -> 
     ids=["meowlnir-0.6", "cut", "other-500", "unhashable-error", "a-403-rejection"],
 )
 def test_meowlnir_before_0_7_refusing_the_secret_is_auth(answer: Answer, refused: bool) -> None:
-    """Meowlnir 0.6 and older answer a wrong secret with this 500: the README and the
-    credentials alert call it `auth`, and so does the module."""
+    """Meowlnir 0.6 and older answer a wrong secret with this 500: the docs (wire protocol) and
+    the credentials alert call it `auth`, and so does the module."""
     if refused:
         assert failure_of(Kind.GATE, answer)[0] is Failure.AUTH
         assert ping_outcome(answer, "p1") == Failure.AUTH.value

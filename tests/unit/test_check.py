@@ -585,7 +585,8 @@ async def test_meowlnir_with_a_wrong_secret(
     assert report.exit_code == EXIT_SERVER
     row = {r.callback: r for r in report.rows}["user_may_invite"]
     if legacy_auth:  # v0.6.0 and older: 500 M_UNKNOWN "Invalid antispam secret"
-        # The module counts it as `auth`, as the README says (the credentials alert fires).
+        # The module counts it as `auth`, as docs/wire-protocol.md says (the credentials alert
+        # fires).
         assert (row.failure, row.http_status) == ("auth", 500)
         assert row.cause == "credentials"
         assert "Invalid antispam secret" in row.detail

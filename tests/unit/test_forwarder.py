@@ -200,9 +200,9 @@ async def test_connection_refused() -> None:
 async def test_any_2xx_allows_whatever_its_body_does(
     server: AntispamServer, fwd: Forwarder, behaviour: Behaviour
 ) -> None:
-    """The README's rule: a 2xx allows. A body nobody needs cannot turn it into a failure,
-    once it has ended (cut at the cap, or broken off); one that stalls past the deadline is a
-    timeout (see test_server_failures_go_through_the_failure_policy)."""
+    """The wire protocol's rule (docs/wire-protocol.md): a 2xx allows. A body nobody needs cannot
+    turn it into a failure, once it has ended (cut at the cap, or broken off); one that stalls
+    past the deadline is a timeout (see test_server_failures_go_through_the_failure_policy)."""
     server.set(None, behaviour)
     verdict = await check(fwd)
     assert (verdict.outcome, verdict.failure) == (Outcome.ALLOWED, None)
