@@ -149,4 +149,4 @@ def _draupnir_policy(config: Config, served: Sequence[str]) -> str:
         parts.append(f"async: {{{', '.join(f'{n}: true' for n in make_async)}}}")
     if not parts:
         return ""
-    return f'. Draupnir\'s docs also set {" and ".join(parts)} (README "With Draupnir")'
+    return f'. Draupnir\'s docs also set {" and ".join(parts)} (docs/peers.md, "With Draupnir")'

@@ -66,12 +66,12 @@ def _draupnir_rows(config: Config) -> list[Row]:
         (
             {},
             ". Draupnir's docs also set fail_open: {user_may_join_room: true, user_may_invite: "
-            'true} and async: {check_event_for_spam: true} (README "With Draupnir")',
+            'true} and async: {check_event_for_spam: true} (docs/peers.md, "With Draupnir")',
         ),
         (
             {"fail_open": {"user_may_invite": True}, "async": {"check_event_for_spam": True}},
             ". Draupnir's docs also set fail_open: {user_may_join_room: true} "
-            '(README "With Draupnir")',
+            '(docs/peers.md, "With Draupnir")',
         ),
         (
             {
