@@ -10,6 +10,7 @@ found: one line saying how to get it, exit status 1.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import shutil
@@ -74,9 +75,25 @@ def find_promtool() -> str | None:
     if on_path and _works(on_path):
         return on_path
     cached = CACHE / "deb" / "usr" / "bin" / "promtool"
-    if cached.exists() and _works(str(cached)):
-        return str(cached)
-    return _from_apt()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # Parallel tox environments (contrib, and synapse-latest's live alert test) may both get
+    # here at once: one unpacks, the other waits and finds it.
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.exists() and _works(str(cached)):
+            return str(cached)
+        return _from_apt()
+
+
+def find_prometheus() -> str | None:
+    """The Prometheus server: on PATH, else the one in Debian's package beside promtool
+    (fetched as promtool is)."""
+    on_path = shutil.which("prometheus")
+    if on_path:
+        return on_path
+    promtool = find_promtool()
+    beside = Path(promtool).parent / "prometheus" if promtool else None
+    return str(beside) if beside is not None and beside.is_file() else None
 
 
 def main() -> int:
