@@ -42,6 +42,7 @@ The default run is short and derandomised (the same steps every time); `ADVERSAR
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import gc
 import json
@@ -185,6 +186,13 @@ def http(
 
 
 FORBIDDEN = b'{"errcode":"M_FORBIDDEN","error":"no"}'
+
+
+def wide_json(count: int) -> bytes:
+    """Small JSON text, large in memory: every `[]` is 3 bytes of text, a list once parsed."""
+    return b'{"errcode":"M_FORBIDDEN","error":"no","x":[' + b",".join([b"[]"] * count) + b"]}"
+
+
 PROXY_404 = b"404 page not found\n"
 
 
@@ -207,16 +215,34 @@ class Phase:
 
 @dataclass(frozen=True)
 class Good(Phase):
+    """A working antispam server. Its rejections may carry extra fields of any size (small
+    as JSON text, large in memory), and it may send a 2xx's head before its body is ready."""
+
     max_age: int = 0
     reject: bool = False
-    good = True
+    extra: int = 0  # how many `[]` in the rejection's extra field
+    slow_body: bool = False  # the 2xx head at once, the body some seconds later
+
+    @property
+    def good(self) -> bool:  # type: ignore[override]
+        # Slow bodies hold the limiter's slots: queued calls may time out unasked.
+        return not self.slow_body
 
     def __call__(self, exchange: Exchange) -> Scripted:
         if exchange.path == "ping":
             return ping_answer(exchange)
         if self.reject:
-            return http(403, FORBIDDEN, max_age=self.max_age, errcode=True, label="good-403")
-        return http(200, b"{}", max_age=self.max_age, label="good-200")
+            body = wide_json(self.extra) if self.extra else FORBIDDEN
+            return http(403, body, max_age=self.max_age, errcode=True, label="good-403")
+        answer = http(200, b"{}", max_age=self.max_age, label="good-200")
+        if not self.slow_body:
+            return answer
+        data = answer.pieces[0]
+        assert isinstance(data, bytes)
+        cut = answer.head_bytes
+        return dataclasses.replace(
+            answer, pieces=[data[:cut], Pause(3.0), data[cut:]], clean=False
+        )
 
 
 @dataclass(frozen=True)
@@ -307,9 +333,7 @@ def nested(depth: int) -> Body:
 
 
 def wide(count: int) -> Body:
-    """Small JSON text, large in memory: every `[]` is 3 bytes of text, a list object parsed."""
-    data = b'{"errcode":"M_FORBIDDEN","x":[' + b",".join([b"[]"] * count) + b"]}"
-    return Body(data, errcode=True, label=f"wide-{count}")
+    return Body(wide_json(count), errcode=True, label=f"wide-{count}")
 
 
 BODIES = st.sampled_from(
@@ -354,16 +378,36 @@ def header_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
     return b"".join(line + b"\r\n" for line in lines), clean
 
 
+# What a hostile answer starts from: a status and a body an antispam server (or something in
+# its place) might send; the rest of the grammar then bends the bytes around them.
+SHAPES = [
+    (200, Body(b"{}", label="{}")),
+    (200, Body(b'{"shadow_ban":true}', label="shadow-ban")),
+    (403, Body(FORBIDDEN, errcode=True, label="forbidden")),
+    (403, wide(15_000)),
+    (403, nested(30_000)),
+    (400, nested(50)),
+    (200, nested(30_000)),
+    (404, Body(PROXY_404, label="404-text")),
+    (500, Body(b"Internal Server Error", label="500-text")),
+    (401, Body(b"{}", label="{}")),
+]
+
+
 @st.composite
 def hostile_answer(draw: st.DrawFn) -> Scripted:
+    code, body = draw(st.sampled_from(SHAPES))
+    if draw(st.integers(0, 3)) == 0:  # now and then, any status and body at all
+        code = draw(st.sampled_from([*CODES, 99, 999, 2000]))
+        body = draw(BODIES)
     interim = draw(st.sampled_from([b"", b"", b"HTTP/1.1 100 Continue\r\n\r\n"]))
-    version = draw(st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0", b"HTTP/2", b"HTP/1.1"]))
-    code = draw(st.sampled_from(CODES) | st.sampled_from([99, 999, 2000]))
+    version = draw(st.sampled_from([b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2", b"HTP/1.1"]))
     reason = draw(st.sampled_from(REASONS))
     headers, headers_clean = draw(header_lines())
-    body = draw(BODIES)
+    if draw(st.booleans()):
+        headers += b"Cache-Control: max-age=%d\r\n" % draw(st.integers(1, 3))
     data = b"" if code == 204 else body.data
-    framing = draw(st.sampled_from(["length", "length", "chunked", "short", "long", "none"]))
+    framing = draw(st.sampled_from(["length"] * 4 + ["chunked"] * 2 + ["short", "long", "none"]))
     if framing == "chunked":
         headers += b"Transfer-Encoding: chunked\r\n"
         pieces = [data[i : i + 4096] for i in range(0, len(data), 4096)]
@@ -374,14 +418,19 @@ def hostile_answer(draw: st.DrawFn) -> Scripted:
     status_line = b"%s %d %s\r\n" % (version, code, reason)
     head = interim + status_line + headers + b"\r\n"
     stream = head + data
-    delivery = draw(st.sampled_from(["at-once", "at-once", "at-once", "stall", "cut"]))
-    pieces: list[bytes | Pause] = [stream]
+    delivery = draw(st.sampled_from(["at-once"] * 4 + ["stall-head", "stall-body", "cut"]))
+    stream_pieces: list[bytes | Pause] = [stream]
     end = draw(st.sampled_from([KEEP, KEEP, KEEP, CLOSE, RESET, HOLD]))
-    if delivery == "stall":
-        at = draw(st.integers(0, len(stream)))
-        pieces = [stream[:at], Pause(draw(st.sampled_from([0.2, 1.0, 3.0]))), stream[at:]]
+    if delivery == "stall-head":
+        at = draw(st.integers(0, len(head)))
+        pause = Pause(draw(st.sampled_from([0.2, 1.0, 3.0])))
+        stream_pieces = [stream[:at], pause, stream[at:]]
+    elif delivery == "stall-body":
+        at = draw(st.integers(len(head), len(stream)))
+        pause = Pause(draw(st.sampled_from([0.2, 1.0, 3.0])))
+        stream_pieces = [stream[:at], pause, stream[at:]]
     elif delivery == "cut":
-        pieces = [stream[: draw(st.integers(0, len(stream)))]]
+        stream_pieces = [stream[: draw(st.integers(0, len(stream)))]]
         end = draw(st.sampled_from([CLOSE, RESET, HOLD]))
     valid_head = version == b"HTTP/1.1" and 100 <= code <= 599 and b"\x00" not in reason
     complete = framing in ("length", "chunked") or (framing == "none" and end is CLOSE)
@@ -396,7 +445,7 @@ def hostile_answer(draw: st.DrawFn) -> Scripted:
     ages = [int(m) for m in MAX_AGE.findall(head)]
     label = f"{version.decode('latin-1')} {code} {body.label} {framing} {delivery} {end}"
     return Scripted(
-        pieces,
+        stream_pieces,
         end,
         code if valid_head else None,
         len(head),
@@ -407,13 +456,19 @@ def hostile_answer(draw: st.DrawFn) -> Scripted:
     )
 
 
+HOSTILE = st.builds(Hostile, answers=st.lists(hostile_answer(), min_size=1, max_size=4))
+# Each branch about as likely: a short run meets every kind of phase several times.
 PHASES = st.one_of(
-    st.builds(Good, max_age=st.sampled_from([0, 0, 1, 2]), reject=st.booleans()),
-    st.builds(Good, max_age=st.sampled_from([0, 2])),
+    st.builds(Good, max_age=st.sampled_from([0, 1, 2]), reject=st.booleans()),
+    # Rejections whose extra field is small as JSON text and large in memory, reusable.
+    st.builds(Good, max_age=st.sampled_from([1, 2]), reject=st.just(True), extra=st.just(15_000)),
+    # 2xx heads at once, bodies seconds later: the verdict is known from the head.
+    st.builds(Good, max_age=st.sampled_from([0, 2]), slow_body=st.just(True)),
+    HOSTILE,
+    HOSTILE,
     st.just(Proxy404()),
     st.builds(NoEndpoint, names=st.frozensets(st.sampled_from(NAMES), min_size=1)),
     st.builds(Down, how=st.sampled_from([CLOSE, RESET, HOLD])),
-    st.builds(Hostile, answers=st.lists(hostile_answer(), min_size=1, max_size=4)),
 )
 
 
@@ -589,12 +644,14 @@ class Adversary(RuleBasedStateMachine):
     def call(self, name: str, n: int) -> None:
         block(lambda: self._call(name, n))
 
-    @rule(calls=st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 2)), min_size=2))
+    @rule(
+        calls=st.lists(
+            st.tuples(st.sampled_from(NAMES), st.integers(0, 2)), min_size=2, max_size=6
+        )
+    )
     def burst(self, calls: list[tuple[str, int]]) -> None:
         """Concurrent calls, more than the limiter lets through; identical ones coalesce."""
-        block(
-            lambda: defer.gatherResults([defer.ensureDeferred(self._call(*c)) for c in calls[:6]])
-        )
+        block(lambda: defer.gatherResults([defer.ensureDeferred(self._call(*c)) for c in calls]))
 
     @rule(name=st.sampled_from(NAMES), n=st.integers(0, 2), delivered=st.booleans())
     def cancel_waiter(self, name: str, n: int, delivered: bool) -> None:
@@ -677,7 +734,7 @@ class Adversary(RuleBasedStateMachine):
             raise AssertionError(f"[{name}] {detail}")
 
     @invariant()
-    def invariants(self) -> None:
+    def after_each_step(self) -> None:
         on_reactor(self._invariants)
 
     def _invariants(self) -> None:
@@ -938,6 +995,8 @@ def quiet_logs() -> Iterator[None]:
     logger.setLevel(level)
 
 
+# A long exploration runs past pytest's usual 300 s limit (pyproject.toml).
+@pytest.mark.timeout(0 if EXPLORE else 300)
 @pytest_twisted.ensureDeferred
 async def test_adversary(quiet_logs: None) -> None:
     # Hypothesis runs the machine in a thread of its own; each step runs on the reactor.
