@@ -208,9 +208,9 @@ class AdversaryServer:
             conn.buffer += piece
             return
 
-    def _read_request(self, conn: _Connection) -> Exchange:
+    def _read_request(self, conn: _Connection, give_up_at: float | None = None) -> Exchange:
         while b"\r\n\r\n" not in conn.buffer:
-            self._receive(conn)
+            self._receive(conn, give_up_at)
         head, _, rest = conn.buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
@@ -224,7 +224,7 @@ class AdversaryServer:
             elif name == b"x-request-id":
                 request_id = value.strip().decode("latin-1")
         while len(rest) < length:
-            self._receive(conn)
+            self._receive(conn, give_up_at)
             rest = conn.buffer.partition(b"\r\n\r\n")[2]
         conn.buffer = rest[length:]
         exchange = Exchange(conn.number, path, request_id, rest[:length], time.monotonic())
@@ -281,12 +281,16 @@ class AdversaryServer:
         if answer.end is KEEP:
             return True
         if answer.end is HOLD:
+            # Silent from now on; a request the client still sends on this connection is
+            # recorded (the server saw it) and left unanswered.
             try:
                 while True:
-                    self._receive(conn, give_up_at)
-                    conn.buffer = b""  # whatever the client sends now goes unanswered
+                    held = self._read_request(conn, give_up_at)
+                    held.answer = Scripted([], HOLD, label="held")
             except _Gone:
-                return False
+                pass
+            self._finish(conn)
+            return False
         self._finish(conn, linger=answer.end is RESET)
         return False
 
