@@ -51,6 +51,10 @@ class Scripted:
     max_age: float = 0.0
     # A JSON object with a string errcode: the antispam server's own error (not a proxy page).
     errcode: bool = False
+    # The answer ends where its framing says (all of it sent), or is cut off by the client's
+    # cap on bodies before it would (`capped`).
+    ends: bool = False
+    capped: bool = False
     label: str = ""
 
     @property
