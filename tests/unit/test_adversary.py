@@ -33,6 +33,8 @@ turns named ones off while exploring past a known bug):
   unless its answer was reused or the breaker is open;
 * `consistent`: a complete, well-formed answer sent in time is read as sent: no transport
   failure, allowed only on a 2xx, rejected only on a 4xx;
+* `reuse`: a stored answer is reused only while its max-age lasts, and only an allow or a
+  rejection is stored;
 * `ended`: an allow rests on a 2xx answer that had ended (its body complete) by the verdict;
   a 2xx whose body still arrives at the deadline is a timeout.
 
@@ -850,6 +852,7 @@ class Adversary(RuleBasedStateMachine):
         self.judge_consistent(call, verdict, exchanges, where)
         self.judge_asked_again(call, verdict, exchanges, where)
         self.judge_ended(call, verdict, exchanges, where)
+        self.judge_reused(call, verdict, exchanges, where)
 
     def current_evidence(self, call: Call) -> bool:
         """Whether the antispam server itself answered a ping while the call ran (a 2xx, or
@@ -981,6 +984,23 @@ class Adversary(RuleBasedStateMachine):
             bool(ended),
             f"allowed before the 2xx answer ended: {where}; the server got "
             f"{[e.answer.label for e in exchanges if e.answer]}",
+        )
+
+    def judge_reused(
+        self, call: Call, verdict: Verdict, exchanges: list[Exchange], where: str
+    ) -> None:
+        """A stored answer is the server's own word only until its max-age ends, and only an
+        allow or a rejection is ever stored (never a failure)."""
+        if call.how != STORED:
+            return
+        fresh = [
+            e for e in exchanges if e.answer and call.start <= e.received + e.answer.max_age + 0.5
+        ]
+        self.check(
+            "reuse",
+            bool(fresh) and verdict.outcome in (Outcome.ALLOWED, Outcome.REJECTED),
+            f"reused without the server's max-age for it: {where}; the server got "
+            f"{[(e.answer.label, e.answer.max_age) for e in exchanges if e.answer]}",
         )
 
     def teardown(self) -> None:
