@@ -442,7 +442,10 @@ def hostile_answer(draw: st.DrawFn) -> Scripted:
     elif delivery == "cut":
         stream_pieces = [stream[: draw(st.integers(0, len(stream)))]]
         end = draw(st.sampled_from([CLOSE, RESET, HOLD]))
-    valid_head = version == b"HTTP/1.1" and 100 <= code <= 599 and b"\x00" not in reason
+    # An HTTP/1.x status line: anything else ("HTP/1.1", "HTTP/2") is not an HTTP answer,
+    # whatever a lenient parser makes of it. (A NUL in the reason phrase is the server's
+    # mistake in its own answer: its status stands, but the answer is not clean.)
+    valid_head = version in (b"HTTP/1.1", b"HTTP/1.0") and 100 <= code <= 599
     complete = framing in ("length", "chunked") or (framing == "none" and end is CLOSE)
     # Where the client's reading may end: the framing's end ("short" ends a byte early), or
     # its cap on bodies (max_response_bytes, 64 KiB by default).
@@ -450,6 +453,7 @@ def hostile_answer(draw: st.DrawFn) -> Scripted:
     ends = delivery != "cut" and (complete or framing == "short" or capped)
     clean = (
         valid_head
+        and b"\x00" not in reason
         and headers_clean
         and complete
         and delivery == "at-once"
