@@ -71,6 +71,7 @@ class Exchange:
     request_id: str
     body: bytes
     received: float
+    head_size: int = 0  # the request line and headers, in bytes
     answer: Optional[Scripted] = None
     # When the answer's head (status line and headers) had been handed to the kernel, and when
     # all of its bytes had; None while (or if never) so.
@@ -231,7 +232,9 @@ class AdversaryServer:
             self._receive(conn, give_up_at)
             rest = conn.buffer.partition(b"\r\n\r\n")[2]
         conn.buffer = rest[length:]
-        exchange = Exchange(conn.number, path, request_id, rest[:length], time.monotonic())
+        exchange = Exchange(
+            conn.number, path, request_id, rest[:length], time.monotonic(), len(head)
+        )
         with self._lock:
             self.exchanges.append(exchange)
         return exchange
