@@ -228,6 +228,7 @@ class Good(Phase):
     max_age: int = 0
     reject: bool = False
     extra: int = 0  # how many `[]` in the rejection's extra field
+    deep: bool = False  # the extra field nested 30 000 deep instead (past the JSON parser)
     slow_body: bool = False  # the 2xx head at once, the body some seconds later
 
     @property
@@ -240,6 +241,8 @@ class Good(Phase):
             return ping_answer(exchange)
         if self.reject:
             body = wide_json(self.extra) if self.extra else FORBIDDEN
+            if self.deep:
+                body = nested(30_000).data
             return http(403, body, max_age=self.max_age, errcode=True, label="good-403")
         answer = http(200, b"{}", max_age=self.max_age, label="good-200")
         if not self.slow_body:
@@ -489,8 +492,15 @@ HOSTILE = st.builds(Hostile, answers=st.lists(hostile_answer(), min_size=1, max_
 # Each branch about as likely: a short run meets every kind of phase several times.
 PHASES = st.one_of(
     st.builds(Good, max_age=st.sampled_from([0, 1, 2]), reject=st.booleans()),
-    # Rejections whose extra field is small as JSON text and large in memory, reusable.
-    st.builds(Good, max_age=st.sampled_from([1, 2]), reject=st.just(True), extra=st.just(15_000)),
+    # Rejections whose extra field is small as JSON text and large in memory, reusable, or
+    # nested deeper than the JSON parser goes.
+    st.builds(
+        Good,
+        max_age=st.sampled_from([1, 2]),
+        reject=st.just(True),
+        extra=st.just(15_000),
+        deep=st.booleans(),
+    ),
     # 2xx heads at once, bodies seconds later: the verdict is known from the head.
     st.builds(Good, max_age=st.sampled_from([0, 2]), slow_body=st.just(True)),
     HOSTILE,
