@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from http.cookiejar import CookieJar
 from typing import Any, Callable
 
 import attrs
@@ -106,6 +107,21 @@ def _trust_policy(ca_file: str | None) -> Any:
     return client.BrowserLikePolicyForHTTPS(trustRoot=root)
 
 
+class _NoCookies(CookieJar):
+    """The antispam server's cookies are neither kept nor sent back: treq's own jar keeps every
+    one without bound (each request head grows with them), and reading a Set-Cookie that is
+    not ASCII raises, which turned a good answer into a `connect` failure."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+
 @implementer(IBodyProducer)
 class _BytesProducer:
     """Writes the whole body at once (treq's default producer trickles it via a cooperator)."""
@@ -136,11 +152,12 @@ class _CappedHeadersProtocol(HTTP11ClientProtocol):
 
     _header_bytes = 0
     _header_lines = 0
-    _too_large = False
+    # Why the answer's head was refused (too large, not HTTP), once it was.
+    _refused: Failure | None = None
 
     def request(self, request: Any) -> Deferred[Any]:
         self._header_bytes = self._header_lines = 0
-        self._too_large = False
+        self._refused = None
         d: Deferred[Any] = super().request(request)
         parser = self._parser
         if parser is not None:
@@ -155,7 +172,12 @@ class _CappedHeadersProtocol(HTTP11ClientProtocol):
                         self._header_bytes > MAX_HEADER_BYTES
                         or self._header_lines > MAX_HEADER_LINES
                     ):
-                        self._too_large = True
+                        self._refused = Failure.TOO_LARGE
+                    elif parser.state == STATUS and not line.startswith(b"HTTP/1."):
+                        # Twisted reads any "X/a.b 200" as HTTP: "HTP/1.1 200" or "RTSP/1.0
+                        # 200" is not an antispam server's 2xx, and must not allow anything.
+                        self._refused = Failure.BAD_RESPONSE
+                    if self._refused is not None:
                         self.transport.abortConnection()  # type: ignore[union-attr]
                         return True  # stops the line receiver's loop
                 return parse_line(line)  # type: ignore[no-untyped-call]
@@ -163,8 +185,8 @@ class _CappedHeadersProtocol(HTTP11ClientProtocol):
             parser.lineReceived = counted  # type: ignore[method-assign]
 
         def name_the_cause(failure: TwistedFailure) -> Any:
-            if self._too_large:
-                raise CallFailed(Failure.TOO_LARGE)
+            if self._refused is not None:
+                raise CallFailed(self._refused)
             return failure
 
         return d.addErrback(name_the_cause)
@@ -319,7 +341,8 @@ class Wire:
             connectTimeout=connect_timeout,
             pool=self._pool,
         )
-        self._http = HTTPClient(agent)
+        # treq before 23 has no IndexableCookieJar to subclass; any CookieJar works with both.
+        self._http = HTTPClient(agent, cookiejar=_NoCookies())  # type: ignore[arg-type]
 
     def set_header(self, name: str, value: str) -> None:
         """Send this header value from the next request on (a rotated token)."""

@@ -192,3 +192,43 @@ async def test_a_ping_answered_by_a_proxys_404_drops_what_the_server_said(
     server.set(None, PROXY_404)
     assert (await fwd.ping_once()).outcome == "not_implemented"
     assert not fwd.known_unimplemented("user_may_publish_room")
+
+
+@pytest.mark.parametrize("version", [b"HTP/1.1", b"RTSP/1.0", b"SIP/2.0", b"ICY"])
+@pytest_twisted.ensureDeferred
+async def test_a_status_line_that_is_not_http_allows_nothing(
+    version: bytes, caplog: pytest.LogCaptureFixture, twisted_errors: TwistedErrors
+) -> None:
+    """Found by the generated adversary: Twisted reads any "X/a.b 200" as an HTTP 200."""
+    answer = version + b" 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    with RawServer([answer, CLOSE]) as raw:
+        f = make(raw.url(), circuit_breaker={"failure_threshold": 1})
+        try:
+            with caplog.at_level(logging.INFO):
+                verdict = await ask(f)
+            assert not f.breaker.is_open  # an answer, just not a usable one
+        finally:
+            await f.close()
+    assert (verdict.outcome, verdict.failure) == (Outcome.FAILED_CLOSED, Failure.BAD_RESPONSE)
+    assert_quiet(caplog.records, twisted_errors)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_servers_cookies_are_neither_kept_nor_sent_nor_a_failure(
+    caplog: pytest.LogCaptureFixture, twisted_errors: TwistedErrors
+) -> None:
+    """Found by the generated adversary: treq's jar kept every cookie without bound and sent
+    them all back, and a Set-Cookie that is not ASCII turned a 200 into a `connect` failure."""
+    cookies = b"".join(b"Set-Cookie: c%d=%s; Path=/\r\n" % (i, b"x" * 500) for i in range(20))
+    answer = b"HTTP/1.1 200 OK\r\n%sSet-Cookie: a\xd5b\r\nContent-Length: 2\r\n\r\n{}" % cookies
+    with RawServer([answer, CLOSE]) as raw:
+        f = make(raw.url(), circuit_breaker={"failure_threshold": 1})
+        try:
+            with caplog.at_level(logging.INFO):
+                verdicts = [await ask(f) for _ in range(3)]
+        finally:
+            await f.close()
+        heads = raw.requests
+    assert [v.outcome for v in verdicts] == [Outcome.ALLOWED] * 3
+    assert heads and all(b"cookie" not in head.lower() for head in heads)
+    assert_quiet(caplog.records, twisted_errors)
