@@ -107,6 +107,10 @@ def _trust_policy(ca_file: str | None) -> Any:
     return client.BrowserLikePolicyForHTTPS(trustRoot=root)
 
 
+class _Stale(Exception):
+    """A pooled connection died before any byte of the answer: the POST is safe to resend."""
+
+
 class _NoCookies(CookieJar):
     """The antispam server's cookies are neither kept nor sent back: treq's own jar keeps every
     one without bound (each request head grows with them), and reading a Set-Cookie that is
@@ -378,43 +382,44 @@ class Wire:
         return Answer(response.code, content, complete, content_type, cache_control, location)
 
     async def _request(self, url: str, body: bytes, headers: Headers) -> IResponse:
-        for attempt in (1, 2):
-            # unbuffered: treq would otherwise keep its own copy of every body, uncapped.
-            d = self._http.request(
-                "POST",
-                url,
-                data=_BytesProducer(body),
-                headers=headers,
-                allow_redirects=False,
-                unbuffered=True,
-            )
-            reused = self._pool.reused
-            try:
-                response: IResponse = await d
-                return response
-            except (client.ResponseNeverReceived, client.RequestTransmissionFailed) as e:
-                if any(reason.check(CancelledError) for reason in e.reasons):
-                    raise CancelledError() from None
-                if _tls_trouble(e.reasons):
-                    raise CallFailed(Failure.TLS, detail=_cause(e.reasons, True)) from None
-                if attempt == 1 and reused:
-                    self._log.debug(
-                        "Pooled connection to antispam server was closed; retrying once"
-                    )
-                    continue
-                raise CallFailed(Failure.CONNECT, detail=_cause(e.reasons, False)) from None
-            except (CancelledError, CallFailed):
-                raise
-            except Exception as e:
-                reasons = getattr(e, "reasons", None) or [TwistedFailure(e)]
-                if any(reason.check(CancelledError) for reason in reasons):
-                    # Given up after part of the headers came (ResponseFailed): the caller's
-                    # cancellation, not the server's fault.
-                    raise CancelledError() from None
-                tls = _tls_trouble(reasons)
-                failure = Failure.TLS if tls else Failure.CONNECT
-                raise CallFailed(failure, detail=_cause(reasons, tls)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await self._attempt(url, body, headers, may_retry=True)
+        except _Stale:
+            self._log.debug("Pooled connection to antispam server was closed; retrying once")
+            return await self._attempt(url, body, headers, may_retry=False)
+
+    async def _attempt(
+        self, url: str, body: bytes, headers: Headers, *, may_retry: bool
+    ) -> IResponse:
+        """One try. Raises _Stale where a retry is safe: the connection was a pooled one, it
+        died before any byte of an answer, and this is the first try."""
+        # unbuffered: treq would otherwise keep its own copy of every body, uncapped.
+        d = self._http.request(
+            "POST",
+            url,
+            data=_BytesProducer(body),
+            headers=headers,
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        reused = self._pool.reused
+        try:
+            response: IResponse = await d
+            return response
+        except (client.ResponseNeverReceived, client.RequestTransmissionFailed) as e:
+            reasons, unanswered = e.reasons, True
+        except (CancelledError, CallFailed):
+            raise
+        except Exception as e:
+            reasons, unanswered = getattr(e, "reasons", None) or [TwistedFailure(e)], False
+        if any(reason.check(CancelledError) for reason in reasons):
+            # However it surfaced (ResponseFailed after part of the headers, too): the
+            # caller's cancellation, not the server's fault.
+            raise CancelledError()
+        tls = _tls_trouble(reasons)
+        if unanswered and not tls and reused and may_retry:
+            raise _Stale()
+        raise CallFailed(Failure.TLS if tls else Failure.CONNECT, detail=_cause(reasons, tls))
 
     async def close(self) -> None:
         await self._pool.closeCachedConnections()  # type: ignore[no-untyped-call]
