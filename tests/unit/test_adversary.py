@@ -74,7 +74,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.defer import CancelledError
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure as TwistedFailure
@@ -552,10 +552,39 @@ class Watcher(NullObserver):
 
 @dataclass
 class Told:
-    """What one exchange told the breaker, and when its deadline was (monotonic)."""
+    """What one exchange told the breaker, and when it started and its deadline was
+    (monotonic)."""
 
     deadline: float
+    start: float = 0.0
     said: list[str] = field(default_factory=list)
+
+
+class Heartbeat:
+    """Beats on the reactor every 20 ms. A gap says the reactor itself was late (a loaded
+    machine starves it, not the server's threads): a judgement of what the module did by its
+    deadline means nothing for a moment the reactor did not run, and is not made."""
+
+    EVERY = 0.02
+    LATE = 0.1
+
+    def __init__(self) -> None:
+        self.beats: list[float] = []
+        self._loop = task.LoopingCall(lambda: self.beats.append(time.monotonic()))
+
+    def start(self) -> None:
+        # Not the loop's Deferred: it fires only when the loop stops, and would be waited for.
+        on_reactor(lambda: self._loop.start(self.EVERY) and None)
+
+    def stop(self) -> None:
+        on_reactor(lambda: self._loop.running and self._loop.stop())
+
+    def late(self, start: float, end: float) -> bool:
+        """Whether the reactor went more than LATE without a beat anywhere in [start, end]
+        (end: the deadline, or now if that is sooner)."""
+        end = min(end, time.monotonic())
+        points = [start, *(b for b in self.beats if start < b < end), end]
+        return any(later - earlier > self.LATE for earlier, later in zip(points, points[1:]))
 
 
 class _Tap:
@@ -586,7 +615,8 @@ def tap_breaker(forwarder: Forwarder, told: dict[str, Told]) -> None:
     def send(
         name: str, body: bytes, request_id: str, kind: Any, deadline: float, **kw: Any
     ) -> Any:
-        entry = told[request_id] = Told(time.monotonic() + deadline - forwarder_now())
+        now = time.monotonic()
+        entry = told[request_id] = Told(now + deadline - forwarder_now(), now)
         tapped = copy.copy(sender)
         tapped._breaker = _Tap(sender._breaker, entry)  # type: ignore[assignment]
         return Sender.send(tapped, name, body, request_id, kind, deadline, **kw)
@@ -656,6 +686,8 @@ class Adversary(RuleBasedStateMachine):
         self.server = AdversaryServer(self._answer, give_up_after=SLOW_TIMEOUT + 3)
         self.watcher = Watcher()
         self.told: dict[str, Told] = {}
+        self.heartbeat = Heartbeat()
+        self.heartbeat.start()
         self.forwarder: Forwarder = on_reactor(self._make_forwarder)
         self.calls: list[Call] = []
         self.heads_checked = 0
@@ -811,6 +843,8 @@ class Adversary(RuleBasedStateMachine):
                 continue
             exchanges = self.server.by_id(request_id)
             last = exchanges[-1] if exchanges else None
+            if self.heartbeat.late(told.start, told.deadline):
+                continue  # the reactor itself was late: nothing to judge the module by
             if last is not None and last.answer is not None and last.answer.clean:
                 in_time = last.all_sent is not None and last.all_sent <= told.deadline - IN_TIME
                 self.check(
@@ -972,6 +1006,8 @@ class Adversary(RuleBasedStateMachine):
             return
         if last.all_sent is None or last.all_sent > told.deadline - IN_TIME:
             return
+        if self.heartbeat.late(told.start, told.deadline):
+            return  # the reactor itself was late: nothing to judge the module by
         status = last.answer.status or 0
         problem = ""
         if verdict.failure in TRANSPORT:
@@ -1052,6 +1088,7 @@ class Adversary(RuleBasedStateMachine):
                     f"{self.server.live} connections still open after close()",
                 )
         finally:
+            self.heartbeat.stop()
             logging.getLogger().removeHandler(self.records)
             globalLogPublisher.removeObserver(self.twisted)
             self.server.close()
