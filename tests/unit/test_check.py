@@ -28,6 +28,7 @@ from synapse_http_antispam.check import (
     EXIT_SERVER,
     Options,
     Report,
+    SynapseInfo,
     find_entries,
     render_text,
     run_check,
@@ -36,6 +37,7 @@ from synapse_http_antispam.check import (
 )
 from synapse_http_antispam.check.cli import command, main, parse_args
 from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.version import __version__
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
 
 yaml = pytest.importorskip("yaml")
@@ -450,55 +452,153 @@ async def test_no_probe_and_offline(tmp_path: Path, server: AntispamServer) -> N
     assert json.loads(result.stdout)["instances"][0]["ping"] is None
 
 
+def timings(report: dict[str, Any]) -> dict[str, Any]:
+    """The --json document with its measured times and the ping's random id taken out: each
+    checked to be a time (or an id) and replaced by its key, so the rest compares exactly."""
+    for instance in report["instances"]:
+        ping = instance["ping"]
+        if ping is not None:
+            assert isinstance(ping["seconds"], float) and ping["seconds"] >= 0
+            assert isinstance(ping["id"], str) and ping["id"]
+            ping.update(seconds="seconds", id="id")
+        for row in instance["callbacks"]:
+            if row["seconds"] is not None:
+                assert isinstance(row["seconds"], float) and row["seconds"] >= 0
+                row["seconds"] = "seconds"
+    return report
+
+
+def synapse_json() -> dict[str, Any] | None:
+    """The `synapse` block of --json: what the installed Synapse registers through each door."""
+    if INFO is None:
+        return None
+    return {
+        "version": INFO.version,
+        "return_forms": INFO.return_forms,
+        "refusals": INFO.refusals,
+        "modules": None if INFO.modules is None else sorted(INFO.modules),
+        "spam_checker": sorted(INFO.spam_checker),
+    }
+
+
 @pytest_twisted.ensureDeferred
-async def test_json_shape(tmp_path: Path, server: AntispamServer) -> None:
+async def test_the_json_document(tmp_path: Path, server: AntispamServer) -> None:
+    """Every field of `check --json` for a known setup, as a script reading it sees them."""
     server.set("user_may_invite", reject("M_FORBIDDEN", "no."))
-    config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
-    result = await cli("-c", str(homeserver(tmp_path, config)), "--json")
+    config = {
+        "name": "meowlnir",
+        "base_url": server.base_url,
+        "enabled_callbacks": ["user_may_invite", "user_may_create_room"],
+        "fail_open": {"user_may_create_room": True},
+        "timeouts": {"user_may_create_room": 2},
+    }
+    path = homeserver(tmp_path, config)
+    result = await cli("-c", str(path), "--json")
+    section = "modules" if MODERN else "spam_checker"
+    module = door_section(config)[section][0]["module"]
+    entry = {"path": f"{section}.<item 0>", "section": section, "module": module}
+    enabled = ["user_may_invite", "user_may_create_room"]
+
+    def row(callback: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "callback": callback,
+            "status": "allow",
+            "served": True,
+            "answer": "allow",
+            "http_status": 200,
+            "errcode": None,
+            "message": None,
+            "failure": None,
+            "cause": None,
+            "detail": None,
+            "seconds": "seconds",
+            "timeout": 5.0,
+            "slow": False,
+            "fail_open": False,
+            "async": False,
+            "report_only": False,
+            "skip": [],
+            **fields,
+        }
+
+    assert result.returncode == EXIT_OK, result.stdout
+    assert timings(json.loads(result.stdout)) == {
+        "ok": True,
+        "exit_code": EXIT_OK,
+        "version": __version__,
+        "config_files": [str(path)],
+        "entries": [entry],
+        "synapse": synapse_json(),
+        "instances": [
+            {
+                "label": "meowlnir",
+                **entry,
+                "ok": True,
+                "exit_code": EXIT_OK,
+                "config_errors": [],
+                "base_url": server.base_url,
+                "enabled_callbacks": enabled,
+                "not_enabled": [n for n in CALLBACKS if n not in enabled],
+                "ping": {
+                    "outcome": "ok",
+                    "http_status": 200,
+                    "seconds": "seconds",
+                    "id": "id",
+                    "detail": "",
+                },
+                "health_interval": 15.0,
+                "callbacks": [
+                    row(
+                        "user_may_invite",
+                        status="reject",
+                        answer='reject M_FORBIDDEN "no." (HTTP 403)',
+                        http_status=403,
+                        errcode="M_FORBIDDEN",
+                        message="no.",
+                    ),
+                    row("user_may_create_room", timeout=2.0, fail_open=True),
+                ],
+                "problems": [],
+                "warnings": [],
+            }
+        ],
+        "fatal": [],
+        "config_errors": [],
+        "problems": [],
+        "warnings": [],
+        "notes": [],
+    }
+
+
+@pytest.mark.parametrize("installed", ["1.36", "none"])
+@pytest_twisted.ensureDeferred
+async def test_the_json_synapse_block_without_the_modules_door(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: str
+) -> None:
+    """A Synapse before 1.37 has no `modules:` door: its `modules` is null, not a list; where
+    Synapse is not importable at all (the check run outside its venv) `synapse` is null."""
+    legacy = frozenset({"check_event_for_spam", "user_may_invite"})
+    info = None if installed == "none" else SynapseInfo("1.36.0", "bool", None, legacy, "text")
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: info)
+    config = {"base_url": "http://127.0.0.1:1", "enabled_callbacks": ["user_may_invite"]}
+    entry = {"module": "synapse_http_antispam.LegacyHTTPAntispam", "config": config}
+    path = write(tmp_path / "hs.yaml", {"spam_checker": [entry]})
+    result = await cli("-c", str(path), "--offline", "--json")
+    assert result.returncode == EXIT_OK, result.stdout
     report = json.loads(result.stdout)
-    assert result.returncode == report["exit_code"] == EXIT_OK
-    assert report["ok"] is True
-    assert set(report) >= {
-        "ok",
-        "exit_code",
-        "version",
-        "config_files",
-        "entries",
-        "config_errors",
-        "synapse",
-        "instances",
-        "fatal",
-        "problems",
-        "warnings",
-        "notes",
-    }
-    [instance] = report["instances"]
-    assert set(instance) >= {
-        "label",
-        "path",
-        "section",
-        "ok",
-        "exit_code",
-        "config_errors",
-        "base_url",
-        "enabled_callbacks",
-        "ping",
-        "callbacks",
-        "problems",
-        "warnings",
-    }
-    assert instance["label"] == instance["base_url"] == server.base_url
-    assert instance["enabled_callbacks"] == ["user_may_invite"]
-    assert instance["ping"]["outcome"] == "ok"
-    [row] = instance["callbacks"]
-    assert row["callback"] == "user_may_invite"
-    assert (row["status"], row["served"], row["errcode"], row["message"]) == (
-        "reject",
-        True,
-        "M_FORBIDDEN",
-        "no.",
+    assert report["synapse"] == (
+        None
+        if info is None
+        else {
+            "version": "1.36.0",
+            "return_forms": "bool",
+            "refusals": "text",
+            "modules": None,
+            "spam_checker": ["check_event_for_spam", "user_may_invite"],
+        }
     )
-    assert row["timeout"] == 5.0 and row["fail_open"] is False and row["async"] is False
+    [row] = report["instances"][0]["callbacks"]
+    assert (row["callback"], row["status"]) == ("user_may_invite", "not_probed")
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
