@@ -30,13 +30,18 @@ from synapse_http_antispam.check import (
     Report,
     SynapseInfo,
     find_entries,
+    judge,
     render_text,
+    row_for,
     run_check,
     synapse_info,
     synthetic_payload,
 )
 from synapse_http_antispam.check.cli import command, main, parse_args
+from synapse_http_antispam.check.homeserver import MODULE_CLASS, Entry
+from synapse_http_antispam.check.report import Instance
 from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.verdict import NOT_IMPLEMENTED, Failure, Outcome, Verdict, failed
 from synapse_http_antispam.version import __version__
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
 
@@ -1029,3 +1034,235 @@ async def test_with_the_health_ping_off_a_server_without_ping_is_fine(
     assert (report.exit_code, report.problems, report.warnings) == (EXIT_OK, [], [])
     assert report.instances[0].as_json()["health_interval"] == 0
     assert ["health", "off"] in [line.split() for line in render_text(report).splitlines()]
+
+
+# ---- the text an admin reads, for answers no live server gives twice the same ----------------
+
+
+def known_instance(
+    index: int,
+    module_config: dict[str, Any],
+    ping: dict[str, Any],
+    verdicts: dict[str, Verdict | None],
+) -> Instance:
+    """An instance as run_check leaves it, from fixed answers (fixed times included); a
+    callback without a verdict is one this Synapse does not register."""
+    config = parse_config({"enabled_callbacks": list(verdicts), **module_config})
+    entry = Entry("modules", ("modules", f"<item {index}>"), MODULE_CLASS, module_config)
+    rows = [
+        row_for(name, config, verdict, "" if verdict else "not_registered")
+        for name, verdict in verdicts.items()
+    ]
+    instance = Instance(
+        entry,
+        config.label,
+        base_url=config.base_url,
+        door_callbacks=[name for name, verdict in verdicts.items() if verdict],
+        enabled=list(verdicts),
+        explicit=True,
+        ping=ping,
+        health_interval=config.health_interval,
+        rows=rows,
+    )
+    instance.problems, instance.warnings = judge(config, True, ping, rows)
+    return instance
+
+
+def ping_of(outcome: str, http_status: int | None, seconds: float) -> dict[str, Any]:
+    return {
+        "outcome": outcome,
+        "http_status": http_status,
+        "seconds": seconds,
+        "id": "x",
+        "detail": "",
+    }
+
+
+def failure(kind: Failure, status: int | None, detail: str = "") -> Verdict:
+    """A failed call as the forwarder returns it: refused with its M_UNKNOWN message."""
+    return attrs.evolve(failed(kind, False), http_status=status, seconds=0.01, detail=detail)
+
+
+# What render_text prints for it (the table is wider than a source line).
+KNOWN_REPORT = """\
+synapse-http-antispam check {version}
+
+config    /etc/synapse/homeserver.yaml
+Synapse   1.99.0
+          refusals show users the antispam server's errcode
+          offers 2 callbacks through modules:, 1 through spam_checker:
+
+== answers ==
+module    modules.<item 0>: synapse_http_antispam.HTTPAntispam (config valid)
+server    http://a.example
+callbacks 5 enabled (enabled_callbacks): user_may_invite, user_may_create_room, user_may_join_room, user_may_publish_room, check_event_for_spam
+ping      ok (5 ms)
+health    a ping every 15 s
+
+callback               endpoint         answer                                                                            time / timeout  if the server fails
+user_may_invite        served           allow                                                                             1000 ms / 5 s   local: fail open, remote: fail closed
+user_may_create_room   served           reject M_FORBIDDEN "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm." (HTTP 403)  1.0 s / 5 s     fail closed
+user_may_join_room     served           reject M_LIMIT "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn..." (HTTP 403)      1.5 s / 5 s     fail closed
+user_may_publish_room  served           reject M_FORBIDDEN (HTTP 403)                                                     2 ms / 5 s      report only (always allowed)
+check_event_for_spam   NOT IMPLEMENTED  no endpoint                                                                       0 ms / 5 s      fail open
+
+Allowed without a request (skip):
+  - user_may_invite: inviter: [@*:a.example, @bot:b.example]
+
+Problems:
+  - check_event_for_spam: enabled_callbacks names it, but the server has no endpoint for it; the
+    module would let every such action through unchecked
+
+answers: FAILED: 4 callbacks served, 1 not implemented, 1 problem (exit 1)
+
+== causes ==
+module    modules.<item 1>: synapse_http_antispam.HTTPAntispam (config valid)
+server    http://b.example
+callbacks 5 enabled (enabled_callbacks): user_may_invite, user_may_create_room, user_may_join_room, user_may_publish_room, check_event_for_spam
+ping      no ping endpoint (HTTP 404, 3 ms)
+health    a ping every 15 s
+
+callback               endpoint  answer                                                 time / timeout  if the server fails
+user_may_invite        ?         FAILED: redirect, not followed (HTTP 300)              10 ms / 5 s     fail closed
+user_may_create_room   ?         FAILED: error answer without a JSON object (HTTP 400)  10 ms / 5 s     fail closed
+user_may_join_room     ?         FAILED: server error (HTTP 500)                        10 ms / 5 s     fail closed
+user_may_publish_room  ?         FAILED: no answer within 2 s                           10 ms / 2 s     fail closed
+check_event_for_spam   ?         FAILED: credentials refused (HTTP 500)                 10 ms / 5 s     fail open
+
+Problems:
+  - user_may_invite: redirect, not followed (HTTP 300): base_url should be the final URL (the module
+    never follows redirects)
+  - user_may_create_room: error answer without a JSON object (HTTP 400)
+  - user_may_join_room: server error (HTTP 500) "M_UNKNOWN: boom"
+  - user_may_publish_room: no answer within 2 s: the server is too slow or stuck (raise timeout /
+    timeouts?)
+  - check_event_for_spam: credentials refused (HTTP 500) "M_UNKNOWN: Invalid antispam secret": check
+    authorization / authorization_path against the server's secret
+
+Warnings:
+  - ping: the server has no ping endpoint (HTTP 404); the health ping (every 15 s) counts the server
+    as down and SynapseAntispamServerDown fires (set health_interval: 0)
+
+causes: FAILED: 0 callbacks served, 5 failed, 5 problems, 1 warning (exit 1)
+
+== down ==
+module    modules.<item 2>: synapse_http_antispam.HTTPAntispam (config valid)
+server    http://c.example
+callbacks 1 enabled (enabled_callbacks): user_may_invite
+ping      FAILED: could not connect (12 ms)
+health    off
+
+callback         endpoint  answer                     time / timeout  if the server fails
+user_may_invite  ?         FAILED: could not connect  10 ms / 5 s     fail closed
+
+Problems:
+  - ping: FAILED: could not connect (12 ms): is the server running, and are base_url's host and port
+    right?
+  - user_may_invite: could not connect: is the server running, and are base_url's host and port
+    right?
+
+down: FAILED: 0 callbacks served, 1 failed, 2 problems (exit 1)
+
+== broken ==
+module    modules.<item 3>: synapse_http_antispam.HTTPAntispam (config valid)
+server    http://d.example
+callbacks 2 enabled (enabled_callbacks), 1 registered by this Synapse: user_may_invite, user_may_join_room
+ping      FAILED: server error (HTTP 502, 20 ms)
+health    a ping every 15 s
+
+callback            endpoint  answer                          time / timeout  if the server fails
+user_may_invite     served    allow                           20 ms / 5 s     fail closed
+user_may_join_room  -         not registered by this Synapse  -               fail closed
+
+Problems:
+  - ping: FAILED: server error (HTTP 502, 20 ms)
+
+Warnings:
+  - user_may_join_room: enabled, but not registered by this Synapse; nothing checks it
+
+broken: FAILED: 1 callback served, 1 problem, 1 warning (exit 1)
+
+FAILED: 4 module entries, 5 callbacks served, 1 not implemented, 6 failed, 9 problems, 2 warnings (exit 1)
+"""  # noqa: E501
+
+
+def test_the_text_of_a_known_report() -> None:
+    """Times, counts, shortened messages, statuses and causes, as the admin reads them."""
+    msg48 = "m" * 47 + "."
+    msg49 = "n" * 48 + "."
+    answers = known_instance(
+        0,
+        {
+            "name": "answers",
+            "base_url": "http://a.example",
+            "fail_open": {"user_may_invite": {"local": True, "remote": False}},
+            "skip": {"user_may_invite": [{"inviter": ["@*:a.example", "@bot:b.example"]}]},
+            "report_only": ["user_may_publish_room"],
+        },
+        ping_of("ok", 200, 0.005),
+        {
+            "user_may_invite": Verdict(Outcome.ALLOWED, http_status=200, seconds=0.99964),
+            "user_may_create_room": Verdict(
+                Outcome.REJECTED, message=msg48, http_status=403, seconds=1.0
+            ),
+            "user_may_join_room": Verdict(
+                Outcome.REJECTED, errcode="M_LIMIT", message=msg49, http_status=403, seconds=1.5
+            ),
+            "user_may_publish_room": Verdict(Outcome.REJECTED, http_status=403, seconds=0.002),
+            # The forwarder's verdict for a callback it already knows has no endpoint.
+            "check_event_for_spam": NOT_IMPLEMENTED,
+        },
+    )
+    causes = known_instance(
+        1,
+        {
+            "name": "causes",
+            "base_url": "http://b.example",
+            "timeouts": {"user_may_publish_room": 2},
+        },
+        ping_of("not_implemented", 404, 0.003),
+        {
+            "user_may_invite": failure(Failure.HTTP_STATUS, 300),
+            "user_may_create_room": failure(Failure.BAD_RESPONSE, 400),
+            "user_may_join_room": failure(Failure.HTTP_STATUS, 500, "M_UNKNOWN: boom"),
+            "user_may_publish_room": failure(Failure.TIMEOUT, None),
+            "check_event_for_spam": failure(
+                Failure.HTTP_STATUS, 500, "M_UNKNOWN: Invalid antispam secret"
+            ),
+        },
+    )
+    down = known_instance(
+        2,
+        {"name": "down", "base_url": "http://c.example", "health_interval": 0},
+        ping_of("connect", None, 0.012),
+        {"user_may_invite": failure(Failure.CONNECT, None)},
+    )
+    broken = known_instance(
+        3,
+        {"name": "broken", "base_url": "http://d.example"},
+        ping_of("http_status", 502, 0.02),
+        {
+            "user_may_invite": Verdict(Outcome.ALLOWED, http_status=200, seconds=0.02),
+            "user_may_join_room": None,
+        },
+    )
+    report = Report(files=["/etc/synapse/homeserver.yaml"], instances=[answers, causes, down])
+    report.instances.append(broken)
+    report.entries = [i.entry for i in report.instances]
+    report.synapse = SynapseInfo(
+        "1.99.0",
+        "NOT_SPAM/Codes",
+        frozenset({"user_may_invite", "user_may_create_room"}),
+        frozenset({"user_may_invite"}),
+        "refusals show users the antispam server's errcode",
+    )
+    assert render_text(report) == KNOWN_REPORT.format(version=__version__)
+    rows = {r["callback"]: r for r in report.as_json()["instances"][0]["callbacks"]}
+    assert [r["served"] for r in rows.values()] == [True, True, True, True, False]
+    assert rows["user_may_invite"]["seconds"] == 0.9996
+    assert rows["user_may_invite"]["fail_open"] == {"local": True, "remote": False}
+    assert rows["user_may_create_room"]["fail_open"] is False
+    assert rows["user_may_invite"]["skip"] == [{"inviter": ["@*:a.example", "@bot:b.example"]}]
+    # A failure's JSON has its cause, not the message Synapse would have refused with.
+    failures = report.as_json()["instances"][1]["callbacks"]
+    assert {(r["errcode"], r["message"]) for r in failures} == {(None, None)}
