@@ -141,6 +141,8 @@ def is_deny(name: str, value: Any) -> bool:
         return value is True
     if kind == "registration":
         return bool(value.name == "DENY")
+    if CAPS.not_spam is not None and value is CAPS.not_spam:
+        return False  # a str, which a legacy event check's rejection message is too
     codes = CAPS.codes
     coded = codes is not None and isinstance(value, codes)
     pair = (
