@@ -66,11 +66,15 @@ TESTS: dict[str, tuple[str, ...]] = {
     # judge it (the stricter rule: a mutant is killed only when a test about the config sees it).
     "config": _CONFIG,
     "credentials": ("test_token_rotation.py", "test_forwarder.py"),
+    # test_config_skip.py and test_config_origin.py: skip rules and fail_open by origin end to
+    # end through both doors (where a call comes from is the door's server name).
     "dispatch": (
         "test_doors.py",
         "test_payloads.py",
         "test_registration.py",
         "test_report_only.py",
+        "test_config_skip.py",
+        "test_config_origin.py",
         "test_decision_path.py",
         "test_several_instances.py",
         "test_hardening.py",
@@ -93,9 +97,19 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_several_instances.py",
         *_CALL,
     ),
-    "legacy": ("test_doors.py", "test_registration.py", "test_report_only.py"),
+    "legacy": (
+        "test_doors.py",
+        "test_registration.py",
+        "test_report_only.py",
+        "test_config_origin.py",
+    ),
     "log": ("test_log_lines.py", "test_several_instances.py", "test_breaker_story.py", *_CALL),
-    "module": ("test_doors.py", "test_registration.py", "test_report_only.py"),
+    "module": (
+        "test_doors.py",
+        "test_registration.py",
+        "test_report_only.py",
+        "test_config_origin.py",
+    ),
     "pinger": (
         "test_pinger.py",
         "test_health.py",

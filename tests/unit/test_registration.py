@@ -15,6 +15,7 @@ import pytest
 
 from synapse_http_antispam import HTTPAntispam, LegacyHTTPAntispam
 from synapse_http_antispam.catalogue import CALLBACKS, LEGACY_NAMES
+from synapse_http_antispam.synapse_compat import describe, sniff
 from tests.support.module_api import FakeModuleApi
 
 BASE_1_37 = (
@@ -115,3 +116,94 @@ def test_legacy_bridge_sees_only_enabled_methods() -> None:
     )
     present = {name for name in LEGACY_NAMES if getattr(instance, name, None) is not None}
     assert present == {"user_may_invite"}
+
+
+# What the admin reads at startup: a config with something for every startup line.
+STARTUP_CONFIG = config(
+    health_interval=0,
+    enabled_callbacks=[
+        "user_may_invite",
+        "user_may_join_room",
+        "user_may_send_state_event",
+        "federated_user_may_invite",
+        "check_event_for_spam",
+        "user_may_create_room",
+    ],
+    report_only=["user_may_invite", "user_may_send_state_event"],
+    skip={
+        "user_may_join_room": [{"user": "@*:x"}],
+        "check_event_for_spam": [{"event.type": "m.reaction"}, {"event.type": "m.x"}],
+        "user_may_send_state_event": [{"user_id": "@a:b"}],
+        # Not enabled: nothing to announce.
+        "user_may_publish_room": [{"user_id": "@a:b"}],
+    },
+)
+PREFIX = f"[{config()['base_url']}] "
+
+
+def startup_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.levelname} {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith("synapse_http_antispam")
+    ]
+
+
+@pytest.mark.parametrize("given", ["parsed", "raw"])
+def test_the_modern_door_at_startup(caplog: pytest.LogCaptureFixture, given: str) -> None:
+    """On Synapse 1.60: what it registers, and every line it logs about it; the same from the
+    config as Synapse parses it first or from the mapping itself."""
+    api = FakeModuleApi(ERA_KEYWORDS["1.60"])
+    config = HTTPAntispam.parse_config(STARTUP_CONFIG) if given == "parsed" else STARTUP_CONFIG
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        HTTPAntispam(config, api)
+    registered = ["check_event_for_spam", "user_may_create_room", "user_may_invite"]
+    registered.append("user_may_join_room")
+    assert sorted(api.registered) == registered
+    callbacks = describe(sniff(), api.registered)
+    assert callbacks.endswith("4 callbacks: " + ", ".join(registered))
+    assert startup_log(caplog) == [
+        f"WARNING {PREFIX}Callback {name} is not supported by this Synapse release; skipped"
+        for name in ("federated_user_may_invite", "user_may_send_state_event")
+    ] + [
+        f"INFO {PREFIX}synapse-http-antispam forwarding to http://127.0.0.1:9: {callbacks}",
+        f"INFO {PREFIX}Report-only mode (answers recorded, never enforced) for: user_may_invite",
+        f"INFO {PREFIX}Calls matching a skip rule are allowed unasked for: "
+        "check_event_for_spam (2 rules), user_may_join_room (1 rule)",
+    ]
+
+
+@pytest.mark.parametrize("given", ["parsed", "raw"])
+@pytest.mark.parametrize("era", ["1.60", "1.25"])
+def test_the_legacy_door_at_startup(
+    caplog: pytest.LogCaptureFixture, era: str, given: str
+) -> None:
+    """What Synapse finds on the instance (1.37+ bridges only the methods it finds; 1.25-1.36
+    calls every method), and every line it logs about it; the same from the config as Synapse
+    parses it first or from the mapping itself."""
+    api = FakeModuleApi(ERA_KEYWORDS[era]) if era in ERA_KEYWORDS else None
+    config = (
+        LegacyHTTPAntispam.parse_config(STARTUP_CONFIG) if given == "parsed" else STARTUP_CONFIG
+    )
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        instance = LegacyHTTPAntispam(config, api)
+    present = [name for name in LEGACY_NAMES if getattr(instance, name) is not None]
+    # Enabled and a spam_checker: method: kept (Synapse 1.60 does not look for
+    # federated_user_may_invite, hence its warning).
+    enabled = [n for n in LEGACY_NAMES if n in STARTUP_CONFIG["enabled_callbacks"]]
+    if api is None:
+        # Every method stays: the ones not enabled allow without a request.
+        assert present == list(LEGACY_NAMES)
+        skipped = ["user_may_join_room", "user_may_send_state_event"]
+    else:
+        assert present == enabled
+        skipped = ["federated_user_may_invite", "user_may_join_room", "user_may_send_state_event"]
+    assert startup_log(caplog) == [
+        f"WARNING {PREFIX}Callback {name} cannot be carried by the spam_checker: door on this "
+        "Synapse release; skipped (list the module under modules: to use it)"
+        for name in skipped
+    ] + [
+        f"INFO {PREFIX}Report-only mode (answers recorded, never enforced) for: user_may_invite",
+        f"INFO {PREFIX}Calls matching a skip rule are allowed unasked for: "
+        "check_event_for_spam (2 rules)",
+    ]

@@ -166,7 +166,7 @@ async def test_background_rejection_is_would_reject_not_rejected(server: Antispa
 synapse = pytest.importorskip("synapse")
 from synapse.module_api import ModuleApi  # noqa: E402
 
-from tests.unit.test_doors import ARGS, installed_api, is_allow, is_deny  # noqa: E402
+from tests.unit.test_doors import ARGS, FakeEvent, installed_api, is_allow, is_deny  # noqa: E402
 
 modern_only = pytest.mark.skipif(
     not hasattr(ModuleApi, "register_spam_checker_callbacks"),
@@ -288,16 +288,21 @@ async def test_a_request_that_cannot_be_built_never_refuses_what_is_not_enforced
 @modern_only
 @pytest_twisted.ensureDeferred
 async def test_an_enforced_request_that_cannot_be_built_is_counted_and_fails_closed(
-    server: AntispamServer,
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     label = f"unbuilt-{uuid.uuid4().hex[:8]}"
     api = installed_api()
     name = "check_event_for_spam"
     config = {"base_url": server.base_url, "name": label, "fail_open": {name: False}}
     HTTPAntispam(HTTPAntispam.parse_config(config), api)
-    value = await api.registered[name](_UnreadableEvent())
+    with caplog.at_level(logging.ERROR, logger="synapse_http_antispam"):
+        value = await api.registered[name](_UnreadableEvent())
     assert is_deny(name, value)
     assert decisions(label, name, "failed_closed") == 1
+    # The admin is told which callback, with the traceback of what its request tripped on.
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert error.getMessage() == f"[{label}] Antispam {name}: could not build the request"
+    assert error.exc_info is not None
 
 
 @pytest_twisted.ensureDeferred
@@ -345,3 +350,55 @@ async def test_a_request_that_cannot_be_built_is_allowed_under_report_only(
     else:
         assert is_deny(name, value), value
     assert server.requests_for(name) == []
+
+
+@modern_only
+@pytest_twisted.ensureDeferred
+async def test_an_async_failure_is_recorded_under_its_policy_by_origin(
+    server: AntispamServer,
+) -> None:
+    """An `async` call's failure is only recorded, but as the policy for where the call came
+    from would have decided it: a local invite failing open is `failed_open`, a remote one
+    failing closed `would_fail_closed`."""
+    label = f"async-origin-{uuid.uuid4().hex[:8]}"
+    api = installed_api()
+    api.server_name = "test"
+    config = {
+        "base_url": server.base_url,
+        "name": label,
+        "async": {"user_may_invite": True},
+        "fail_open": {"user_may_invite": {"local": True, "remote": False}},
+    }
+    HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    server.set(None, Behaviour(status=500, body={"errcode": "M_UNKNOWN", "error": "crashed"}))
+    invite = api.registered["user_may_invite"]
+    assert is_allow("user_may_invite", await invite("@a:test", "@b:test", "!r:test"))
+    await until(lambda: decisions(label, "user_may_invite", "failed_open") == 1)
+    assert is_allow("user_may_invite", await invite("@a:there", "@b:test", "!r:test"))
+    await until(lambda: decisions(label, "user_may_invite", "would_fail_closed") == 1)
+    assert decisions(label, "user_may_invite", "failed_open") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_legacy_door_before_1_37_asks_only_for_enabled_callbacks(
+    server: AntispamServer,
+) -> None:
+    """Synapse 1.25-1.36 calls every spam_checker: method: one not enabled allows without a
+    request; one the server has no endpoint for is asked once, then allowed unasked."""
+    label = f"legacy-enabled-{uuid.uuid4().hex[:8]}"
+    config = {
+        "base_url": server.base_url,
+        "name": label,
+        "enabled_callbacks": ["user_may_invite", "user_may_create_room"],
+    }
+    checker: Any = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+    server.set(None, reject("M_FORBIDDEN", "no"))
+    server.set("user_may_create_room", Behaviour(status=404, body=b"Cannot POST"))
+    assert is_deny("user_may_invite", await checker.user_may_invite("@a:t", "@b:t", "!r:t"))
+    assert is_allow("check_event_for_spam", await checker.check_event_for_spam(FakeEvent()))
+    for _ in range(2):
+        value = await checker.user_may_create_room("@u:t")
+        assert is_allow("user_may_create_room", value)
+    sent = [r.callback for r in server.requests if r.callback != "ping"]
+    assert sent == ["user_may_invite", "user_may_create_room"]
+    assert decisions(label, "user_may_create_room", "not_implemented") == 2
