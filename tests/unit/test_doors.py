@@ -227,6 +227,8 @@ async def test_async_callbacks_answer_at_once_and_check_in_background(
     assert is_allow("user_may_invite", value)
     # The reactor must spin for the background call to go out.
     await until(lambda: server.requests_for("user_may_invite"))
+    [request] = server.requests_for("user_may_invite")
+    assert request.json == {"inviter": "@a:test", "invitee": "@b:test", "room_id": "!r:test"}
 
 
 @modern_only
@@ -342,3 +344,27 @@ async def test_media_bytes_are_sent_up_to_media_content_max_bytes(
         assert base64.b64decode(request.json["content_base64"]) == b"hello world"
     else:
         assert "content_base64" not in request.json
+
+
+@modern_only
+@pytest_twisted.ensureDeferred
+async def test_an_upload_the_server_has_no_endpoint_for_is_read_once(
+    server: AntispamServer,
+) -> None:
+    """Once the server has shown it has no media endpoint, later uploads are allowed without
+    reading the file (which can be large) for a request that would not be sent."""
+    reads: list[int] = []
+
+    class CountedFile:
+        async def write_chunks_to(self, callback: Any) -> None:
+            reads.append(1)
+            callback(b"hello")
+
+    api = installed_api()
+    HTTPAntispam(HTTPAntispam.parse_config({"base_url": server.base_url}), api)
+    server.set("check_media_file_for_spam", Behaviour(status=404, body=b"Cannot POST"))
+    check = api.registered["check_media_file_for_spam"]
+    for _ in range(2):
+        assert is_allow("check_media_file_for_spam", await check(CountedFile(), FakeFileInfo()))
+    assert len(server.requests_for("check_media_file_for_spam")) == 1
+    assert reads == [1]

@@ -212,7 +212,7 @@ async def test_modern_door_report_only_allows_every_answer(
         *ARGS["check_registration_for_spam"]
     )
     assert value.name == "ALLOW"
-    assert "would shadow-ban" in caplog.text
+    assert "Antispam check_registration_for_spam would shadow-ban (report_only" in caplog.text
 
 
 @modern_only
@@ -370,6 +370,9 @@ async def test_an_async_failure_is_recorded_under_its_policy_by_origin(
         "fail_open": {"user_may_invite": {"local": True, "remote": False}},
     }
     HTTPAntispam(HTTPAntispam.parse_config(config), api)
+    # A callback whose origin nothing tells goes through as any other.
+    value = await api.registered["user_may_create_room"](*ARGS["user_may_create_room"])
+    assert is_allow("user_may_create_room", value)
     server.set(None, Behaviour(status=500, body={"errcode": "M_UNKNOWN", "error": "crashed"}))
     invite = api.registered["user_may_invite"]
     assert is_allow("user_may_invite", await invite("@a:test", "@b:test", "!r:test"))
