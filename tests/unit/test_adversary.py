@@ -118,6 +118,8 @@ SETTLE = 2.5  # how long the server may take to see connections the client close
 # What an answer's last byte must leave of the deadline to count as "in time" for the
 # judgements that depend on it (a loaded machine delays the reactor, not the server threads).
 IN_TIME = 0.25
+# Statuses whose answer has no body, whatever its head says (RFC 9110, 6.4.1).
+NO_BODY = frozenset({204, 304})
 # The request head the module sends is its own few headers (about 300 bytes): whatever an
 # answer says (a 3000-byte cookie, for one), the next request's head stays well under this.
 MAX_REQUEST_HEAD = 2048
@@ -1042,15 +1044,25 @@ class Adversary(RuleBasedStateMachine):
         self, call: Call, verdict: Verdict, exchanges: list[Exchange], where: str
     ) -> None:
         """An answer is one once it has ended: a 2xx whose body still arrives at the deadline
-        is a timeout, not an allow (a body over the cap ends where the module cuts it)."""
+        is a timeout, not an allow (a body over the cap ends where the module cuts it). A 204
+        or 304 ends with its head (RFC 9110: it has no body, whatever its Content-Length
+        says; bytes after the head are not its body)."""
         if verdict.outcome is not Outcome.ALLOWED or call.how is not None:
             return
         ended = [
             e
             for e in exchanges
             if e.answer is not None
-            and e.answer.ends
-            and (e.answer.capped or (e.all_sent is not None and e.all_sent <= call.end + 0.05))
+            and (
+                (e.answer.status in NO_BODY and e.head_sent is not None)
+                or (
+                    e.answer.ends
+                    and (
+                        e.answer.capped
+                        or (e.all_sent is not None and e.all_sent <= call.end + 0.05)
+                    )
+                )
+            )
         ]
         self.check(
             "ended",
