@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
@@ -43,6 +47,21 @@ class FastProtocol(asyncio.Protocol):
                 return
             self.buffer = self.buffer[total:]
             self.transport.write(RESPONSE)
+
+
+@contextlib.contextmanager
+def running(port: int) -> Iterator[str]:
+    """This server in a process of its own (it must not share the measured client's GIL),
+    as its URL once it listens; stopped on leaving."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--port", str(port)], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # "ready"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
 
 
 async def main(port: int) -> None:

@@ -13,7 +13,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable
@@ -32,6 +31,9 @@ from synapse_http_antispam.catalogue import Kind, event_to_json  # noqa: E402
 from synapse_http_antispam.config import parse_config  # noqa: E402
 from synapse_http_antispam.forwarder import Forwarder, encode  # noqa: E402
 from tests.support.antispam_server import free_port  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from fast_server import running  # noqa: E402
 
 
 class Event:
@@ -116,27 +118,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fast_server.py"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert server.stdout is not None
-        server.stdout.readline()  # "ready"
+    with running(free_port()) as url:
         import twisted
 
         print(
             f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, Twisted {twisted.__version__}, treq {treq.__version__}"
         )
-        task.react(
-            lambda reactor: defer.ensureDeferred(
-                run(reactor, f"http://127.0.0.1:{port}", args.requests)
-            )
-        )
-    finally:
-        server.terminate()
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor, url, args.requests)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 import timeit
@@ -32,6 +31,7 @@ from synapse_http_antispam.policy import first_match  # noqa: E402
 from tests.support.antispam_server import free_port  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from fast_server import running  # noqa: E402
 from forwarder import PAYLOAD  # noqa: E402
 
 RULES = {
@@ -74,22 +74,12 @@ def main() -> None:
     assert first_match(rules, body) is None and first_match(rules, matching) == 2
     missed, matched = per_call_us(rules, body), per_call_us(rules, matching)
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fast_server.py"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert server.stdout is not None
-        server.stdout.readline()  # "ready"
+    with running(free_port()) as url:
 
         async def run(reactor: Any) -> None:
-            sent = await forwarded_ms(reactor, f"http://127.0.0.1:{port}", args.requests)
-            report(missed, matched, sent)
+            report(missed, matched, await forwarded_ms(reactor, url, args.requests))
 
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))  # exits when done
-    finally:
-        server.terminate()
 
 
 def report(missed: float, matched: float, sent: float) -> None:
