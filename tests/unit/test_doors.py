@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import inspect
+import logging
 import types
 from typing import Any
 
@@ -241,6 +242,23 @@ async def test_shadow_ban_answer(server: AntispamServer) -> None:
         *ARGS["check_registration_for_spam"]
     )
     assert value.name == "SHADOW_BAN"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_async_registration_records_the_shadow_ban_it_does_not_enforce(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The door hands a background call its callback's kind: without it, a registration's
+    shadow-ban answer would be read as a plain allow and never reach the admin's log."""
+    name = "check_registration_for_spam"
+    config = {"base_url": server.base_url, "async": {name: True}}
+    checker = LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+    server.set(name, Behaviour(body={"shadow_ban": True}))
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        value = await checker.check_registration_for_spam(None, "u", [])  # type: ignore[attr-defined]
+        assert value.name == "ALLOW"
+        await until(lambda: "would shadow-ban" in caplog.text)
+    assert f"Antispam {name} would shadow-ban (async, not enforced)" in caplog.text
 
 
 @pytest_twisted.ensureDeferred
