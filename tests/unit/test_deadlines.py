@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure as TwistedFailure
 
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
@@ -181,6 +183,23 @@ def test_a_connect_attempt_is_given_the_longest_deadline(
     assert timeout == longest
     d.cancel()
     d.addErrback(lambda _: None)
+
+
+def test_a_refused_connection_to_an_address_fails_the_call_at_once(
+    clock: MemoryReactorClock,
+) -> None:
+    """With the server down, each check fails as soon as the connection is refused. Twisted's
+    HostnameEndpoint noticed a refusal only at its next 0.3 s attempt tick, which every call
+    waited for until the breaker opened; an address in base_url is connected to directly."""
+    f = forwarder(clock)
+    d = start(f, "user_may_invite")
+    [(address, port, factory, _, _)] = clock.tcpClients
+    assert (address, port) == ("127.0.0.1", 9)
+    factory.clientConnectionFailed(None, TwistedFailure(ConnectionRefusedError()))
+    assert d.called, "the refusal waited for the clock"
+    verdict: Verdict = d.result
+    assert verdict.failure is Failure.CONNECT
+    assert "refused" in verdict.detail
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
