@@ -191,6 +191,14 @@ def _base_url(raw: Any) -> str:
         len(port) <= 5 and port.isascii() and port.isdigit() and 0 < int(port) < 2**16
     ):
         raise fail("base_url", f"the port must be a number from 1 to 65535, got {port!r}")
+    if ":" in hostname:
+        # treq's URL library IDNA-encodes every host on the way out, and an IPv6 address is no
+        # name: every call would fail inside the module (hyperlink issue #68, still open).
+        raise fail(
+            "base_url",
+            f"an IPv6 address cannot be used ({hostname}): name the host instead, "
+            "for instance through /etc/hosts",
+        )
     return url.rstrip("/")
 
 

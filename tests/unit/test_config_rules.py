@@ -195,6 +195,16 @@ def test_base_url_and_the_block_itself(raw: Any, message: str) -> None:
         ("http://h: 80", "must not contain spaces or control characters, got 'http://h: 80'"),
         ("http://h/a\nb", "must not contain spaces or control characters, got 'http://h/a\\nb'"),
         ("http://h/a\tb", "must not contain spaces or control characters, got 'http://h/a\\tb'"),
+        (
+            "http://[::1]:8080/x",
+            "an IPv6 address cannot be used (::1): name the host instead, for instance through "
+            "/etc/hosts",
+        ),
+        (
+            "https://[2001:db8::7]",
+            "an IPv6 address cannot be used (2001:db8::7): name the host instead, for instance "
+            "through /etc/hosts",
+        ),
     ],
 )
 def test_a_base_url_every_call_would_fail_on_is_refused(url: str, message: str) -> None:
@@ -204,7 +214,7 @@ def test_a_base_url_every_call_would_fail_on_is_refused(url: str, message: str) 
 
 
 @pytest.mark.parametrize(
-    "url", ["http://h:1", "http://h:65535", "http://[::1]:8080/x", "http://h:/x", "http://[::1]"]
+    "url", ["http://h:1", "http://h:65535", "http://127.0.0.1:8080/x", "http://h:/x"]
 )
 def test_a_port_from_1_to_65535_or_none(url: str) -> None:
     assert parse_config({"base_url": url}).base_url == url
