@@ -10,6 +10,7 @@ import pytest
 
 from tests.integration.conftest import VERSION, BootSynapse, module_config
 from tests.support.chaos import ChaosServer, soak
+from tests.support.synapse import SynapseServer
 
 TIMEOUT = 2.0
 PROBE_INTERVAL = 1.0
@@ -62,4 +63,17 @@ def test_soak_under_chaos_with_outages(chaos: ChaosServer, boot: BootSynapse) ->
     # While open, nobody's action was spent finding out: background probes were, and one of
     # them found the server back (the metrics say so).
     assert report.probes.get("answered", 0) >= 1
-    assert report.recovery is not None and report.recovery <= RECOVERY_BOUND + MARGIN
+    assert report.recovery is not None and report.recovery <= RECOVERY_BOUND + MARGIN, (
+        _module_lines(synapse)
+    )
+
+
+def _module_lines(synapse: SynapseServer) -> str:
+    """The module's last log lines and its room-creation counters: why a soak did not recover."""
+    lines = [line for line in synapse.log_text().splitlines() if "synapse_http_antispam" in line]
+    counters = [
+        line
+        for line in synapse.metrics().splitlines()
+        if "user_may_create_room" in line and not line.startswith("#")
+    ]
+    return "\n".join([*lines[-40:], *counters])

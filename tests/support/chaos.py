@@ -86,16 +86,20 @@ class ChaosServer:
 
     def _new_server(self, port: int) -> AntispamServer:
         server = AntispamServer(port=port)
-        server.set(None, self._answer)
+        server.set(None, lambda request: self._answer(request, server))
         return server.start()
 
-    def _answer(self, request: Recorded) -> Behaviour:
+    def _answer(self, request: Recorded, server: AntispamServer) -> Behaviour:
+        with self._lock:
+            # A kept-alive connection during an outage, or to the server an outage replaced
+            # (a stopped AntispamServer still answers on them; a server that went away would
+            # not): dropped unanswered, as a restarted server's old connections are.
+            if self.down or server is not self._server:
+                return Behaviour(close_before_response=True)
         if request.callback == "ping":
             body = request.json if isinstance(request.json, dict) else {}
             return Behaviour(body={"id": body.get("id"), "status": "ok"})
         with self._lock:
-            if self.down:  # a kept-alive connection during an outage
-                return Behaviour(close_before_response=True)
             if self.healthy:
                 kind = "allow"
             else:
