@@ -45,6 +45,7 @@ from synapse_http_antispam.check.cli import command, main, parse_args
 from synapse_http_antispam.check.homeserver import MODULE_CLASS, Entry
 from synapse_http_antispam.check.report import Instance
 from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.synapse_compat import synapse_version_string
 from synapse_http_antispam.verdict import NOT_IMPLEMENTED, Failure, Outcome, Verdict, failed
 from synapse_http_antispam.version import __version__
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
@@ -217,6 +218,50 @@ async def test_missing_module_and_wrong_class(tmp_path: Path) -> None:
     report = await check(write(tmp_path / "hs.yaml", wrong), network=False)
     assert report.exit_code == EXIT_CONFIG
     assert "registers no callbacks" in report.fatal[0]
+
+
+@pytest.mark.parametrize("section", ["modules", "spam_checker"])
+@pytest_twisted.ensureDeferred
+async def test_the_modern_class_on_a_synapse_without_the_module_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str
+) -> None:
+    """Synapse before 1.37 has no `modules:` section and no module API: HTTPAntispam cannot
+    work there in either section, and the problem says what to use instead."""
+    legacy = frozenset({"user_may_invite"})
+    info = SynapseInfo("1.36.0", "bool", None, legacy, "text")
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: info)
+    entry = {"module": MODULE_CLASS, "config": {"base_url": "http://127.0.0.1:1"}}
+    report = await check(write(tmp_path / "hs.yaml", {section: [entry]}), network=False)
+    assert report.exit_code == EXIT_CONFIG
+    if section == "modules":
+        assert report.fatal == [
+            "Synapse 1.36.0 has no `modules:` section (it arrived in 1.37): use "
+            "synapse_http_antispam.LegacyHTTPAntispam under `spam_checker:`"
+        ]
+    else:
+        assert report.fatal == [
+            "spam_checker.<item 0>: synapse_http_antispam.HTTPAntispam under `spam_checker:` "
+            "needs the module API of Synapse 1.37+, so this Synapse would fail to start. Use "
+            "synapse_http_antispam.LegacyHTTPAntispam there (the same `config:`)."
+        ]
+    assert report.warnings == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_naming_no_class_does_not_hide_the_next(tmp_path: Path) -> None:
+    """A misspelt class is a configuration problem of its own; the entries after it are still
+    checked."""
+    config = {"base_url": "http://127.0.0.1:1"}
+    section = "modules" if MODERN else "spam_checker"
+    module = "HTTPAntispam" if MODERN else "LegacyHTTPAntispam"
+    entries = [
+        {"module": "synapse_http_antispam.HTTPAntispan", "config": config},
+        {"module": f"synapse_http_antispam.{module}", "config": config},
+    ]
+    report = await check(write(tmp_path / "hs.yaml", {section: entries}), network=False)
+    [problem] = report.fatal
+    assert problem.startswith(f"{section}.<item 0>: 'synapse_http_antispam.HTTPAntispan' is no ")
+    assert [i.entry.where for i in report.instances] == [f"{section}.<item 1>"]
 
 
 def test_find_entries_ignores_other_modules() -> None:
@@ -394,6 +439,92 @@ async def test_a_dead_server(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_without_a_ping_answer_every_callback_goes_out_at_once(
+    tmp_path: Path, server: AntispamServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ping got no answer, so the callbacks go out side by side rather than one deadline
+    after another, and each shows its own answer: neither the module's circuit breaker (here
+    opened by one missing answer) nor its max_concurrency (here one call at a time) holds a
+    callback back behind the others ("circuit breaker open", or queued until it is slow)."""
+    # Without Synapse every callback counts as registered: all of them go out.
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: None)
+    server.set("ping", Behaviour(never_respond=True))
+    server.set(None, Behaviour(delay=0.3))  # well within half the timeout, twice it is not
+    config = {
+        "base_url": server.base_url,
+        "timeout": 1,
+        "timeouts": {"check_media_file_for_spam": 1},  # (30 s by default)
+        "max_concurrency": 1,
+        "circuit_breaker": {"failure_threshold": 1},
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert report.ping is not None and report.ping["outcome"] == "timeout"
+    answers = {r.callback: (r.answer, r.slow) for r in report.rows}
+    assert answers == dict.fromkeys(CALLBACKS, ("allow", False))
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_answer_is_read_as_the_module_reads_it_for_that_callback(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """A 200 whose connection is cut mid-body: a gate's 200 allows on its status line, as the
+    module reads it live, while a registration's 200 may carry a shadow-ban, so its body has to
+    arrive whole and a cut one is a failure."""
+    server.set(None, Behaviour(body=b"x" * 1000, close_mid_body=True))
+    server.set("ping", lambda r: Behaviour(body={"id": r.json["id"], "status": "ok"}))
+    enabled = ["user_may_invite", "check_registration_for_spam"]
+    config = {"base_url": server.base_url, "enabled_callbacks": enabled}
+    report = await check(homeserver(tmp_path, config))
+    assert {r.callback: r.answer for r in report.rows} == {
+        "user_may_invite": "allow",
+        "check_registration_for_spam": "FAILED: could not connect",
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_check_s_calls_are_not_logged_as_a_live_call_s(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed live call is logged by the module ("Antispam user_may_invite: allowed
+    (connect)..."); the check's own calls are not (the report says it, and -v would otherwise
+    repeat every failure as if Synapse had made the call)."""
+    caplog.set_level(logging.DEBUG)
+    config = {
+        "base_url": f"http://127.0.0.1:{free_port()}",
+        "enabled_callbacks": ["user_may_invite"],
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert [r.answer for r in report.rows] == ["FAILED: could not connect"]
+    assert not [r for r in caplog.records if "] Antispam user_may_invite: " in r.getMessage()]
+
+
+@pytest.mark.parametrize("door", ["modules", "spam_checker"])
+@pytest_twisted.ensureDeferred
+async def test_what_this_synapse_does_not_register_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, door: str
+) -> None:
+    """An enabled callback the module would not forward is named with the reason: this
+    Synapse does not offer it, or (under `spam_checker:`) that door has no such method at all."""
+    offered = frozenset({"user_may_invite"})
+    info = SynapseInfo("1.99.0", "NOT_SPAM/Codes", offered, offered, "text")
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: info)
+    enabled = ["user_may_invite", "user_may_create_room", "check_login_for_spam"]
+    module = {"modules": MODULE_CLASS, "spam_checker": "synapse_http_antispam.LegacyHTTPAntispam"}
+    config = {"base_url": "http://127.0.0.1:1", "enabled_callbacks": enabled}
+    path = write(tmp_path / "hs.yaml", {door: [{"module": module[door], "config": config}]})
+    report = await check(path, network=False)
+    assert {r.callback: (r.status, r.answer) for r in report.rows} == {
+        "user_may_invite": ("not_probed", "not sent (--offline)"),
+        "user_may_create_room": ("not_registered", "not registered by this Synapse"),
+        "check_login_for_spam": (
+            ("not_registered", "not registered by this Synapse")
+            if door == "modules"
+            else ("not_registered", "the spam_checker: door cannot carry it")
+        ),
+    }
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_slow_server(tmp_path: Path, server: AntispamServer) -> None:
     server.set("user_may_invite", Behaviour(delay=1.5))
     server.set("user_may_create_room", Behaviour(delay=0.7))
@@ -475,6 +606,7 @@ def timings(report: dict[str, Any]) -> dict[str, Any]:
         ping = instance["ping"]
         if ping is not None:
             assert isinstance(ping["seconds"], float) and ping["seconds"] >= 0
+            assert ping["seconds"] == round(ping["seconds"], 4)  # to a tenth of a millisecond
             assert isinstance(ping["id"], str) and ping["id"]
             ping.update(seconds="seconds", id="id")
         for row in instance["callbacks"]:
@@ -630,6 +762,7 @@ async def test_the_text_with_nothing_to_read_or_check(
     empty.mkdir()
     lines = (await cli("-c", str(empty))).stdout.splitlines()
     assert "config    -" in lines
+    assert "  - no config files found" in lines
     assert lines[-1] == "CONFIG ERROR: 1 configuration problem (exit 2)"
     monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: None)
     config = {"base_url": "http://127.0.0.1:1", "enabled_callbacks": []}
@@ -983,6 +1116,13 @@ async def test_the_synthetic_requests_the_server_receives(
     report = await check(homeserver(tmp_path, {"base_url": server.base_url}))
     after = int(time.time() * 1000)
     assert report.exit_code == EXIT_OK, render_text(report)
+    synapse = synapse_version_string()  # as the module's own requests say it
+    for request in server.requests:  # the ping too
+        assert request.headers["x-antispam-check"] == "synthetic"
+        assert (
+            request.headers["user-agent"]
+            == f"synapse-http-antispam/{__version__} Synapse/{synapse}"
+        )
     bodies = {r.callback: r.json for r in server.requests[1:]}
     for body in bodies.values():
         event = body.get("event")
@@ -1132,9 +1272,15 @@ async def test_nothing_behind_base_url_is_the_antispam_server(
     assert {r["failure"] for r in instance["callbacks"] if r["status"] != "not_registered"} == {
         "no_antispam_server"
     }
-    [problem] = [p for p in report["problems"] if "does not reach an antispam server" in p]
-    assert server.base_url in problem and "host, port and path" in problem
-    assert not any("enabled_callbacks: [" in w for w in report["warnings"])
+    sent = len(sent_callbacks())
+    assert report["problems"] == [
+        f"base_url {server.base_url} does not reach an antispam server: ping and {sent} "
+        f"callback{'s' if sent > 1 else ''} got HTTP 404 with no Matrix errcode (a web "
+        'server\'s "no such endpoint"), so every check would fail under its failure policy: '
+        "check its host, port and path"
+    ]
+    # Neither "no endpoint for N callbacks" (with the list to set) nor "no ping endpoint".
+    assert report["warnings"] == []
     text = (await cli("-c", str(path))).stdout
     assert "NOT IMPLEMENTED" not in text and "FAILED" in text.splitlines()[-1]
 

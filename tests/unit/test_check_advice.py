@@ -172,3 +172,78 @@ async def test_a_conf_d_modules_list_replacing_another_is_named_with_both_files(
 def test_the_same_modules_listed_again_lose_nothing(tmp_path: Path) -> None:
     main_file, _, extra_file = _conf_d(tmp_path, [MODULE_CLASS], ["other.Module", MODULE_CLASS])
     assert read_config([str(main_file), str(extra_file)])[2] == []
+
+
+def _ping(outcome: str, status: int | None, detail: str = "") -> dict[str, Any]:
+    """A ping's result as run.probe records it."""
+    return {
+        "outcome": outcome,
+        "http_status": status,
+        "seconds": 0.003,
+        "id": "x",
+        "detail": detail,
+    }
+
+
+@pytest.mark.parametrize(
+    "ping, problems, warnings",
+    [
+        (
+            _ping("not_implemented", 404),
+            [],
+            [
+                "ping: the server has no ping endpoint (HTTP 404); with do_ping: true the module "
+                "logs a warning at startup (set do_ping: false); the health ping (every 15 s) "
+                "counts the server as down and SynapseAntispamServerDown fires (set "
+                "health_interval: 0)"
+            ],
+        ),
+        (
+            _ping("unexpected_answer", 200),
+            [],
+            [
+                'ping: answered HTTP 200 but not {"id": <same>, "status": "ok"} (an older '
+                "antispam server?); the module takes it as reachable"
+            ],
+        ),
+        (  # Meowlnir's answer for a management room it does not know
+            _ping("bad_response", 404, "M_NOT_FOUND: Antispam configuration issue"),
+            [
+                "ping: answered HTTP 404 M_NOT_FOUND: Antispam configuration issue: the server "
+                "does not know what base_url names; the management room ID in base_url is "
+                "probably wrong (Meowlnir)"
+            ],
+            [],
+        ),
+        (
+            _ping("bad_response", 400, "M_BAD_JSON: no id"),
+            ["ping: answered HTTP 400 M_BAD_JSON: no id"],
+            [],
+        ),
+        (
+            _ping("http_status", 308),
+            [
+                "ping: FAILED: redirect, not followed (HTTP 308, 3 ms): base_url should be the "
+                "final URL (the module never follows redirects)"
+            ],
+            [],
+        ),
+        (  # Meowlnir before 0.7's answer to a wrong secret
+            _ping("http_status", 500, "M_UNKNOWN: Invalid antispam secret"),
+            [
+                'ping: FAILED: credentials refused (HTTP 500, 3 ms) "M_UNKNOWN: Invalid '
+                'antispam secret": check authorization / authorization_path against the '
+                "server's secret"
+            ],
+            [],
+        ),
+    ],
+    ids=["no-ping-endpoint", "unexpected", "unknown-room", "errcode", "redirect", "secret"],
+)
+def test_what_the_ping_tells_the_admin(
+    ping: dict[str, Any], problems: list[str], warnings: list[str]
+) -> None:
+    """Each ping answer in the admin's words: the cause, the server's own text quoted, and
+    what to do about it; a warning where the module works anyway."""
+    config = parse_config({"base_url": "http://a.example", "do_ping": True})
+    assert judge(config, True, ping, []) == (problems, warnings)
