@@ -271,7 +271,9 @@ def test_find_entries_ignores_other_modules() -> None:
             "spam_checker": {"module": "synapse_http_antispam.LegacyHTTPAntispam"},
         }
     )
-    assert [e.where for e in entries] == ["spam_checker"]
+    assert [(e.section, e.where, e.module) for e in entries] == [
+        ("spam_checker", "spam_checker", "synapse_http_antispam.LegacyHTTPAntispam")
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -287,13 +289,17 @@ async def test_several_config_files_merge_like_synapse(
     write(conf_d / "10-dead.yaml", door_section(dead))
     write(conf_d / "20-antispam.yaml", door_section(live))
     (conf_d / "README").write_text("not yaml")
+    (conf_d / "old").mkdir()
     report = await check(first, conf_d)
     assert report.files == [
         str(first),
         str(conf_d / "10-dead.yaml"),
         str(conf_d / "20-antispam.yaml"),
     ]
-    assert any("README" in note for note in report.notes)
+    assert sorted(report.notes) == [
+        f"{conf_d / 'README'}: does not end in '.yaml', ignored",
+        f"{conf_d / 'old'}: a subdirectory in a config directory, ignored",
+    ]
     assert report.exit_code == EXIT_OK, render_text(report)
     assert report.base_url == server.base_url
     assert statuses(report)["user_may_invite"] == "allow"
