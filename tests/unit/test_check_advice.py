@@ -535,3 +535,14 @@ def test_what_a_synapse_before_1_37_offers(monkeypatch: pytest.MonkeyPatch) -> N
     assert info is not None
     assert info.modules is None
     assert info.spam_checker == {"check_event_for_spam", "user_may_invite"}
+
+
+def test_a_synapse_version_the_module_cannot_parse_is_shown_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Synapse built from a branch may call itself anything: the Synapse line shows what it
+    says, not "unknown" (the version layer's word for a version it cannot compare)."""
+    synapse = pytest.importorskip("synapse")
+    monkeypatch.setattr(synapse, "__version__", "develop")
+    info = synapse_info()
+    assert info is not None and info.version == "develop"
