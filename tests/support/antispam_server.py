@@ -77,6 +77,10 @@ Rule = Union[Behaviour, Callable[[Recorded], Behaviour]]
 class _ClosingHTTPServer(ThreadingHTTPServer):
     """Says when it has closed a connection (its socket shut down and closed)."""
 
+    # Connections waiting to be accepted: socketserver's 5 drops the rest of a burst (every
+    # callback `check` sends at once), which then waits for the kernel's SYN retry (1 s).
+    request_queue_size = 64
+
     def closed(self) -> None:
         pass
 

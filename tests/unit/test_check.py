@@ -8,10 +8,14 @@ entry point (`python -m synapse_http_antispam`, the console script's `main`) wor
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from synapse_http_antispam.check.cli import command, main, parse_args
 from synapse_http_antispam.check.homeserver import MODULE_CLASS, Entry
 from synapse_http_antispam.check.report import Instance
 from synapse_http_antispam.config import parse_config
+from synapse_http_antispam.synapse_compat import synapse_version_string
 from synapse_http_antispam.verdict import NOT_IMPLEMENTED, Failure, Outcome, Verdict, failed
 from synapse_http_antispam.version import __version__
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
@@ -215,6 +220,50 @@ async def test_missing_module_and_wrong_class(tmp_path: Path) -> None:
     assert "registers no callbacks" in report.fatal[0]
 
 
+@pytest.mark.parametrize("section", ["modules", "spam_checker"])
+@pytest_twisted.ensureDeferred
+async def test_the_modern_class_on_a_synapse_without_the_module_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str
+) -> None:
+    """Synapse before 1.37 has no `modules:` section and no module API: HTTPAntispam cannot
+    work there in either section, and the problem says what to use instead."""
+    legacy = frozenset({"user_may_invite"})
+    info = SynapseInfo("1.36.0", "bool", None, legacy, "text")
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: info)
+    entry = {"module": MODULE_CLASS, "config": {"base_url": "http://127.0.0.1:1"}}
+    report = await check(write(tmp_path / "hs.yaml", {section: [entry]}), network=False)
+    assert report.exit_code == EXIT_CONFIG
+    if section == "modules":
+        assert report.fatal == [
+            "Synapse 1.36.0 has no `modules:` section (it arrived in 1.37): use "
+            "synapse_http_antispam.LegacyHTTPAntispam under `spam_checker:`"
+        ]
+    else:
+        assert report.fatal == [
+            "spam_checker.<item 0>: synapse_http_antispam.HTTPAntispam under `spam_checker:` "
+            "needs the module API of Synapse 1.37+, so this Synapse would fail to start. Use "
+            "synapse_http_antispam.LegacyHTTPAntispam there (the same `config:`)."
+        ]
+    assert report.warnings == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_naming_no_class_does_not_hide_the_next(tmp_path: Path) -> None:
+    """A misspelt class is a configuration problem of its own; the entries after it are still
+    checked."""
+    config = {"base_url": "http://127.0.0.1:1"}
+    section = "modules" if MODERN else "spam_checker"
+    module = "HTTPAntispam" if MODERN else "LegacyHTTPAntispam"
+    entries = [
+        {"module": "synapse_http_antispam.HTTPAntispan", "config": config},
+        {"module": f"synapse_http_antispam.{module}", "config": config},
+    ]
+    report = await check(write(tmp_path / "hs.yaml", {section: entries}), network=False)
+    [problem] = report.fatal
+    assert problem.startswith(f"{section}.<item 0>: 'synapse_http_antispam.HTTPAntispan' is no ")
+    assert [i.entry.where for i in report.instances] == [f"{section}.<item 1>"]
+
+
 def test_find_entries_ignores_other_modules() -> None:
     entries = find_entries(
         {
@@ -222,7 +271,9 @@ def test_find_entries_ignores_other_modules() -> None:
             "spam_checker": {"module": "synapse_http_antispam.LegacyHTTPAntispam"},
         }
     )
-    assert [e.where for e in entries] == ["spam_checker"]
+    assert [(e.section, e.where, e.module) for e in entries] == [
+        ("spam_checker", "spam_checker", "synapse_http_antispam.LegacyHTTPAntispam")
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -238,13 +289,17 @@ async def test_several_config_files_merge_like_synapse(
     write(conf_d / "10-dead.yaml", door_section(dead))
     write(conf_d / "20-antispam.yaml", door_section(live))
     (conf_d / "README").write_text("not yaml")
+    (conf_d / "old").mkdir()
     report = await check(first, conf_d)
     assert report.files == [
         str(first),
         str(conf_d / "10-dead.yaml"),
         str(conf_d / "20-antispam.yaml"),
     ]
-    assert any("README" in note for note in report.notes)
+    assert sorted(report.notes) == [
+        f"{conf_d / 'README'}: does not end in '.yaml', ignored",
+        f"{conf_d / 'old'}: a subdirectory in a config directory, ignored",
+    ]
     assert report.exit_code == EXIT_OK, render_text(report)
     assert report.base_url == server.base_url
     assert statuses(report)["user_may_invite"] == "allow"
@@ -350,6 +405,8 @@ async def test_an_explicitly_enabled_callback_without_endpoint_is_a_problem(
     assert statuses(report) == {"user_may_create_room": "not_implemented"}
     assert report.exit_code == EXIT_SERVER
     assert "enabled_callbacks names it" in report.problems[0]
+    last = "FAILED: 0 callbacks served, 1 not implemented, 1 problem (exit 1)"
+    assert render_text(report).splitlines()[-1] == last
 
 
 @pytest_twisted.ensureDeferred
@@ -385,6 +442,92 @@ async def test_a_dead_server(tmp_path: Path) -> None:
     # One problem for all the callbacks failing the same way, plus the ping.
     assert len(report.problems) == 2
     assert "is the server running" in report.problems[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_ping_answer_every_callback_goes_out_at_once(
+    tmp_path: Path, server: AntispamServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ping got no answer, so the callbacks go out side by side rather than one deadline
+    after another, and each shows its own answer: neither the module's circuit breaker (here
+    opened by one missing answer) nor its max_concurrency (here one call at a time) holds a
+    callback back behind the others ("circuit breaker open", or queued until it is slow)."""
+    # Without Synapse every callback counts as registered: all of them go out.
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: None)
+    server.set("ping", Behaviour(never_respond=True))
+    server.set(None, Behaviour(delay=0.3))  # well within half the timeout, twice it is not
+    config = {
+        "base_url": server.base_url,
+        "timeout": 1,
+        "timeouts": {"check_media_file_for_spam": 1},  # (30 s by default)
+        "max_concurrency": 1,
+        "circuit_breaker": {"failure_threshold": 1},
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert report.ping is not None and report.ping["outcome"] == "timeout"
+    answers = {r.callback: (r.answer, r.slow) for r in report.rows}
+    assert answers == dict.fromkeys(CALLBACKS, ("allow", False))
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_answer_is_read_as_the_module_reads_it_for_that_callback(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """A 200 whose connection is cut mid-body: a gate's 200 allows on its status line, as the
+    module reads it live, while a registration's 200 may carry a shadow-ban, so its body has to
+    arrive whole and a cut one is a failure."""
+    server.set(None, Behaviour(body=b"x" * 1000, close_mid_body=True))
+    server.set("ping", lambda r: Behaviour(body={"id": r.json["id"], "status": "ok"}))
+    enabled = ["user_may_invite", "check_registration_for_spam"]
+    config = {"base_url": server.base_url, "enabled_callbacks": enabled}
+    report = await check(homeserver(tmp_path, config))
+    assert {r.callback: r.answer for r in report.rows} == {
+        "user_may_invite": "allow",
+        "check_registration_for_spam": "FAILED: could not connect",
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_check_s_calls_are_not_logged_as_a_live_call_s(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed live call is logged by the module ("Antispam user_may_invite: allowed
+    (connect)..."); the check's own calls are not (the report says it, and -v would otherwise
+    repeat every failure as if Synapse had made the call)."""
+    caplog.set_level(logging.DEBUG)
+    config = {
+        "base_url": f"http://127.0.0.1:{free_port()}",
+        "enabled_callbacks": ["user_may_invite"],
+    }
+    report = await check(homeserver(tmp_path, config))
+    assert [r.answer for r in report.rows] == ["FAILED: could not connect"]
+    assert not [r for r in caplog.records if "] Antispam user_may_invite: " in r.getMessage()]
+
+
+@pytest.mark.parametrize("door", ["modules", "spam_checker"])
+@pytest_twisted.ensureDeferred
+async def test_what_this_synapse_does_not_register_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, door: str
+) -> None:
+    """An enabled callback the module would not forward is named with the reason: this
+    Synapse does not offer it, or (under `spam_checker:`) that door has no such method at all."""
+    offered = frozenset({"user_may_invite"})
+    info = SynapseInfo("1.99.0", "NOT_SPAM/Codes", offered, offered, "text")
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: info)
+    enabled = ["user_may_invite", "user_may_create_room", "check_login_for_spam"]
+    module = {"modules": MODULE_CLASS, "spam_checker": "synapse_http_antispam.LegacyHTTPAntispam"}
+    config = {"base_url": "http://127.0.0.1:1", "enabled_callbacks": enabled}
+    path = write(tmp_path / "hs.yaml", {door: [{"module": module[door], "config": config}]})
+    report = await check(path, network=False)
+    assert {r.callback: (r.status, r.answer) for r in report.rows} == {
+        "user_may_invite": ("not_probed", "not sent (--offline)"),
+        "user_may_create_room": ("not_registered", "not registered by this Synapse"),
+        "check_login_for_spam": (
+            ("not_registered", "not registered by this Synapse")
+            if door == "modules"
+            else ("not_registered", "the spam_checker: door cannot carry it")
+        ),
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -450,6 +593,11 @@ async def test_no_probe_and_offline(tmp_path: Path, server: AntispamServer) -> N
     assert result.returncode == EXIT_OK, result.stdout
     assert [r.callback for r in server.requests] == ["ping"]
     assert "not probed" in result.stdout
+    probed = len(sent_callbacks())
+    last = f"OK: {probed} callback{'s' if probed > 1 else ''} not probed (exit 0)"
+    assert result.stdout.splitlines()[-1] == last
+    # One entry: no section heading, one verdict line.
+    assert "==" not in result.stdout and result.stdout.count("(exit ") == 1
     server.clear()
     result = await cli("-c", str(path), "--offline", "--json")
     assert result.returncode == EXIT_OK
@@ -464,6 +612,7 @@ def timings(report: dict[str, Any]) -> dict[str, Any]:
         ping = instance["ping"]
         if ping is not None:
             assert isinstance(ping["seconds"], float) and ping["seconds"] >= 0
+            assert ping["seconds"] == round(ping["seconds"], 4)  # to a tenth of a millisecond
             assert isinstance(ping["id"], str) and ping["id"]
             ping.update(seconds="seconds", id="id")
         for row in instance["callbacks"]:
@@ -527,6 +676,8 @@ async def test_the_json_document(tmp_path: Path, server: AntispamServer) -> None
         }
 
     assert result.returncode == EXIT_OK, result.stdout
+    # Indented for a person reading it too.
+    assert result.stdout.startswith('{\n  "ok": true,\n  "exit_code": 0,\n  "version": ')
     assert timings(json.loads(result.stdout)) == {
         "ok": True,
         "exit_code": EXIT_OK,
@@ -606,6 +757,30 @@ async def test_the_json_synapse_block_without_the_modules_door(
     assert (row["callback"], row["status"]) == ("user_may_invite", "not_probed")
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_text_with_nothing_to_read_or_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header and the last line when there is little to say: a config directory without a
+    *.yaml file (no config files), Synapse not importable (run outside its environment), and a
+    valid entry that enables no callback."""
+    empty = tmp_path / "conf.d"
+    empty.mkdir()
+    lines = (await cli("-c", str(empty))).stdout.splitlines()
+    assert "config    -" in lines
+    assert "  - no config files found" in lines
+    assert lines[-1] == "CONFIG ERROR: 1 configuration problem (exit 2)"
+    monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: None)
+    config = {"base_url": "http://127.0.0.1:1", "enabled_callbacks": []}
+    result = await cli("-c", str(homeserver(tmp_path, config)), "--offline")
+    lines = result.stdout.splitlines()
+    assert (
+        f"Synapse   not importable from {sys.executable}; run this with Synapse's Python to see "
+        "what it registers"
+    ) in lines
+    assert lines[-1] == "OK: nothing to check (exit 0)"
+
+
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as raised:
         main([])  # no command: the help, and exit 2
@@ -615,6 +790,214 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         main(["check"])
     assert raised.value.code == EXIT_CONFIG  # -c is required
     assert "-c/--config-path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, lines",
+    [
+        (
+            ["--help"],
+            [
+                "usage: synapse-http-antispam [-h] [--version] COMMAND ...",
+                "Tools for the synapse-http-antispam Synapse module.",
+                "COMMAND check check the module's config and the antispam server behind it",
+                "--version print the versions and exit",
+            ],
+        ),
+        (
+            ["check", "--help"],
+            [
+                "usage: synapse-http-antispam check [-h] [--version] -c PATH [--no-probe] "
+                "[--offline] [--json] [-v]",
+                "Read homeserver.yaml like Synapse, validate the module's config with the parser "
+                "Synapse uses, say what the installed Synapse would register, then ping the "
+                "antispam server and send it one synthetic request per callback (marked with the "
+                "header `X-Antispam-Check: synthetic` and fake IDs such as "
+                "@synapse-http-antispam-check:invalid). Exit 0: everything enabled works; 1: the "
+                "antispam server does not work as configured; 2: the configuration is wrong.",
+                "--version print the versions and exit",
+                "--config-path PATH homeserver.yaml, or a directory of *.yaml files; repeat like "
+                "Synapse's -c (later files replace earlier top-level keys)",
+                "--no-probe only ping; send no synthetic callback requests",
+                "--offline check the config only; send nothing at all",
+                "--json print one JSON object for scripts",
+                "-v, --verbose show the module's own log lines (request bodies at DEBUG) on "
+                "stderr",
+            ],
+        ),
+    ],
+    ids=["command", "check"],
+)
+def test_the_help_an_admin_reads(
+    args: list[str],
+    lines: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--help` names the command as it is installed and says what each option does (compared
+    with its whitespace joined: argparse wraps to the terminal's width, and Python 3.13 prints
+    `-c, --config-path PATH` where older ones print `-c PATH, --config-path PATH`)."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as raised:
+        parse_args(args)
+    assert raised.value.code == 0
+    text = f" {' '.join(capsys.readouterr().out.split())} "
+    for line in lines:
+        assert f" {line} " in text
+
+
+def test_version_without_synapse(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run outside Synapse's environment, --version says where it looked for Synapse."""
+    monkeypatch.setitem(sys.modules, "synapse", None)  # `import synapse` fails
+    with pytest.raises(SystemExit):
+        parse_args(["--version"])
+    assert capsys.readouterr().out == (
+        f"synapse-http-antispam {__version__}\nSynapse: not importable from {sys.executable}\n"
+    )
+
+
+class _Terminal(io.StringIO):
+    """What `check` writes to when an admin runs it in a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "terminal, no_color, as_json, coloured",
+    [
+        (True, None, False, True),
+        (False, None, False, False),  # piped: plain text
+        (True, "1", False, False),  # https://no-color.org
+        (True, None, True, False),  # JSON never: scripts read it
+    ],
+    ids=["terminal", "piped", "NO_COLOR", "json"],
+)
+@pytest_twisted.ensureDeferred
+async def test_colour_only_on_a_terminal_that_wants_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    terminal: bool,
+    no_color: str | None,
+    as_json: bool,
+    coloured: bool,
+) -> None:
+    """ANSI colour where an admin reads the report in a terminal, never in a pipe, a file, the
+    JSON a script parses, or with NO_COLOR set."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    if no_color is not None:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    path = homeserver(tmp_path, {"timout": 3})  # a config error: red when coloured
+    out = _Terminal() if terminal else io.StringIO()
+    args = ["check", "-c", str(path), "--offline", *(["--json"] if as_json else [])]
+    assert await command(parse_args(args), out=out) == EXIT_CONFIG
+    text = out.getvalue()
+    assert ("\033[" in text) is coloured, text
+    if coloured:
+        assert text.startswith(f"\033[1msynapse-http-antispam check {__version__}\033[0m\n")
+        assert "\033[31mCONFIG ERROR\033[0m: " in text
+
+
+@pytest.fixture
+def main_on_this_reactor(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """`main` runs its coroutine with task.react, which starts the reactor and ends the
+    process with the coroutine's SystemExit code; under pytest the reactor already runs, so
+    the coroutine's Deferred is kept here instead, for the test to await."""
+    from twisted.internet import reactor, task
+
+    started: list[Any] = []
+    monkeypatch.setattr(task, "react", lambda run: started.append(run(reactor)))
+    yield started
+
+
+async def exit_code_of_main(started: list[Any], *argv: str) -> Any:
+    """What `synapse-http-antispam ARGV` exits with (task.react's SystemExit code)."""
+    main(list(argv))
+    [finished] = started
+    with pytest.raises(SystemExit) as raised:
+        await finished
+    started.clear()
+    return raised.value.code
+
+
+@pytest_twisted.ensureDeferred
+async def test_main_exits_with_the_report_s_code(
+    tmp_path: Path,
+    server: AntispamServer,
+    main_on_this_reactor: list[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command line as an admin types it: its report on stdout, its code as the exit
+    status (what scripts and monitoring read)."""
+    good = homeserver(tmp_path, {"base_url": server.base_url})
+    assert await exit_code_of_main(main_on_this_reactor, "check", "-c", str(good)) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-1].startswith("OK:")
+    bad = write(tmp_path / "bad.yaml", door_section({"timout": 3}))
+    code = await exit_code_of_main(main_on_this_reactor, "check", "-c", str(bad), "--json")
+    assert code == EXIT_CONFIG
+    assert json.loads(capsys.readouterr().out)["exit_code"] == EXIT_CONFIG
+
+
+@pytest.fixture
+def package_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[logging.Logger]:
+    """The package's logger as a fresh process has it, and as it was again after the test
+    (what `main` sets on it would otherwise silence later tests' caplog)."""
+    logger = logging.getLogger("synapse_http_antispam")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    yield logger
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_verbose_the_module_logs_nothing(
+    tmp_path: Path,
+    main_on_this_reactor: list[Any],
+    package_logging: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dead server makes the module log warnings (every failed call): the report already
+    says it all, so without -v they reach neither stderr (Python's last-resort handler would
+    print them there) nor any logging the process has set up (pytest's here)."""
+    caplog.set_level(logging.DEBUG)
+    config = {"base_url": f"http://127.0.0.1:{free_port()}", "timeout": 2}
+    path = homeserver(tmp_path, config)
+    assert await exit_code_of_main(main_on_this_reactor, "check", "-c", str(path)) == EXIT_SERVER
+    assert "could not connect" in capsys.readouterr().out
+    # (The same check with the logger left as it was does log them.)
+    assert [r for r in caplog.records if r.name.startswith("synapse_http_antispam")] == []
+    assert capsys.readouterr().err == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_verbose_shows_the_module_s_log_lines_with_request_bodies(
+    tmp_path: Path,
+    server: AntispamServer,
+    main_on_this_reactor: list[Any],
+    package_logging: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """-v: the module's own log lines on stderr, down to DEBUG (each request's body), each
+    with its level and logger."""
+    root = logging.getLogger()
+    # A fresh process's root logger has no handler (pytest's, put back after, would stop
+    # logging.basicConfig), and the level basicConfig sets is undone after.
+    saved = root.handlers[:], root.level
+    root.handlers.clear()
+    try:
+        config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
+        path = homeserver(tmp_path, config)
+        code = await exit_code_of_main(main_on_this_reactor, "check", "-c", str(path), "-v")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert code == EXIT_OK
+    err = capsys.readouterr().err.splitlines()
+    url = server.base_url
+    post = f"DEBUG synapse_http_antispam.forwarder: [{url}] POST {url}/user_may_invite {{"
+    assert any(line.startswith(post) for line in err), err
 
 
 # ---- synthetic payloads ------------------------------------------------------------------------
@@ -634,6 +1017,125 @@ async def test_every_callback_has_a_synthetic_request(name: str) -> None:
         assert isinstance(event["origin_server_ts"], int)
         assert isinstance(event["unsigned"]["age"], int)
         assert {"type", "sender", "room_id", "content"} <= set(event)
+
+
+_USER = "@synapse-http-antispam-check:invalid"
+_ROOM = "!synapse-http-antispam-check:invalid"
+_TEXT = "synthetic request from synapse-http-antispam check; not a real user or room"
+_MESSAGE = {
+    "type": "m.room.message",
+    "room_id": _ROOM,
+    "sender": _USER,
+    "content": {"msgtype": "m.text", "body": _TEXT},
+    "origin_server_ts": "now",
+    "unsigned": {"age": 0},
+    "event_id": "$synapse-http-antispam-check",
+}
+_REQUEST_INFO = [["synapse-http-antispam check", "192.0.2.1"]]
+# What the antispam server receives from `check` for each callback: what a policy server's
+# admin sees of it (docs/wire-protocol.md), with the time it was sent as "now".
+SYNTHETIC_BODIES: dict[str, dict[str, Any]] = {
+    "check_event_for_spam": {"event": _MESSAGE},
+    "should_drop_federated_event": {"event": _MESSAGE},
+    "user_may_join_room": {"user": _USER, "room": _ROOM, "is_invited": False},
+    "user_may_invite": {
+        "inviter": _USER,
+        "invitee": "@synapse-http-antispam-check-invitee:invalid",
+        "room_id": _ROOM,
+    },
+    "federated_user_may_invite": {
+        "event": {
+            **_MESSAGE,
+            "type": "m.room.member",
+            "content": {"membership": "invite"},
+            "unsigned": {
+                "age": 0,
+                "invite_room_state": [
+                    {"type": "m.room.create", "state_key": "", "sender": _USER, "content": {}}
+                ],
+            },
+            "state_key": "@synapse-http-antispam-check-invitee:invalid",
+        }
+    },
+    "user_may_send_3pid_invite": {
+        "inviter": _USER,
+        "medium": "email",
+        "address": "synapse-http-antispam-check@example.invalid",
+        "room_id": _ROOM,
+    },
+    "user_may_create_room": {"user_id": _USER},
+    "user_may_create_room_alias": {
+        "user_id": _USER,
+        "room_alias": "#synapse-http-antispam-check:invalid",
+    },
+    "user_may_publish_room": {"user_id": _USER, "room_id": _ROOM},
+    "user_may_send_state_event": {
+        "user_id": _USER,
+        "room_id": _ROOM,
+        "event_type": "m.room.topic",
+        "state_key": "",
+        "content": {"topic": _TEXT},
+    },
+    "check_username_for_spam": {
+        "user_profile": {
+            "user_id": _USER,
+            "display_name": "synapse-http-antispam check",
+            "avatar_url": None,
+        },
+        "requester_id": None,
+    },
+    "check_registration_for_spam": {
+        "email_threepid": None,
+        "username": "synapse-http-antispam-check",
+        "request_info": _REQUEST_INFO,
+        "auth_provider_id": None,
+    },
+    "check_media_file_for_spam": {
+        "file_info": {
+            "server_name": None,
+            "file_id": "synapse-http-antispam-check",
+            "url_cache": False,
+            "thumbnail": None,
+        },
+        "size": len(_TEXT),
+        "sha256": hashlib.sha256(_TEXT.encode()).hexdigest(),
+    },
+    "check_login_for_spam": {
+        "user_id": _USER,
+        "device_id": "SYNAPSEHTTPANTISPAMCHECK",
+        "initial_display_name": None,
+        "request_info": _REQUEST_INFO,
+        "auth_provider_id": None,
+    },
+    "accept_make_join": {"user": _USER, "room": _ROOM},
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_synthetic_requests_the_server_receives(
+    tmp_path: Path, server: AntispamServer
+) -> None:
+    """Each body exactly as the antispam server gets it: shaped like Synapse's (a message, an
+    invite with its room state, a topic change, a login...), every ID obviously fake, and the
+    events stamped with the time they were sent."""
+    before = int(time.time() * 1000)
+    report = await check(homeserver(tmp_path, {"base_url": server.base_url}))
+    after = int(time.time() * 1000)
+    assert report.exit_code == EXIT_OK, render_text(report)
+    synapse = synapse_version_string()  # as the module's own requests say it
+    for request in server.requests:  # the ping too
+        assert request.headers["x-antispam-check"] == "synthetic"
+        assert (
+            request.headers["user-agent"]
+            == f"synapse-http-antispam/{__version__} Synapse/{synapse}"
+        )
+    bodies = {r.callback: r.json for r in server.requests[1:]}
+    for body in bodies.values():
+        event = body.get("event")
+        if event is not None:
+            assert before <= event["origin_server_ts"] <= after
+            event["origin_server_ts"] = "now"
+    assert bodies == {n: SYNTHETIC_BODIES[n] for n in sent_callbacks()}
 
 
 # ---- behind the peer models of Meowlnir and Draupnir ------------------------------------------
@@ -776,9 +1278,15 @@ async def test_nothing_behind_base_url_is_the_antispam_server(
     assert {r["failure"] for r in instance["callbacks"] if r["status"] != "not_registered"} == {
         "no_antispam_server"
     }
-    [problem] = [p for p in report["problems"] if "does not reach an antispam server" in p]
-    assert server.base_url in problem and "host, port and path" in problem
-    assert not any("enabled_callbacks: [" in w for w in report["warnings"])
+    sent = len(sent_callbacks())
+    assert report["problems"] == [
+        f"base_url {server.base_url} does not reach an antispam server: ping and {sent} "
+        f"callback{'s' if sent > 1 else ''} got HTTP 404 with no Matrix errcode (a web "
+        'server\'s "no such endpoint"), so every check would fail under its failure policy: '
+        "check its host, port and path"
+    ]
+    # Neither "no endpoint for N callbacks" (with the list to set) nor "no ping endpoint".
+    assert report["warnings"] == []
     text = (await cli("-c", str(path))).stdout
     assert "NOT IMPLEMENTED" not in text and "FAILED" in text.splitlines()[-1]
 
@@ -1266,3 +1774,132 @@ def test_the_text_of_a_known_report() -> None:
     # A failure's JSON has its cause, not the message Synapse would have refused with.
     failures = report.as_json()["instances"][1]["callbacks"]
     assert {(r["errcode"], r["message"]) for r in failures} == {(None, None)}
+
+
+# The same, coloured for a terminal: each <colour>...</> an ANSI colour (render.py's _Paint).
+KNOWN_COLOURED = """\
+<bold>synapse-http-antispam check {version}</>
+
+config    /etc/synapse/homeserver.yaml, /etc/synapse/conf.d/antispam.yaml
+Synapse   1.36.0
+          refusals show users Synapse's own M_FORBIDDEN
+          offers no modules: section, 1 through spam_checker:
+
+<bold>== live ==</>
+module    modules.<item 0>: synapse_http_antispam.HTTPAntispam (config valid)
+server    http://a.example
+callbacks 4 enabled (enabled_callbacks), 3 registered by this Synapse: user_may_invite, user_may_create_room, check_event_for_spam, user_may_join_room
+ping      <red>FAILED: could not connect (12 ms)</>
+health    a ping every 15 s
+
+<dim>callback              endpoint         answer                           time / timeout    if the server fails</>
+user_may_invite       served           allow                            4.0 s / 5 s SLOW  fail closed
+<red>user_may_create_room  ?                FAILED: server error (HTTP 500)  4.0 s / 5 s       fail closed</>
+<yellow>check_event_for_spam  NOT IMPLEMENTED  no endpoint                      0 ms / 5 s        fail open</>
+<yellow>user_may_join_room    -                not registered by this Synapse   -                 fail closed</>
+
+<dim>Allowed without a request (skip):</>
+  - user_may_invite: inviter: @bot:a.example
+
+<red>Problems:</>
+  - ping: FAILED: could not connect (12 ms): is the server running, and are base_url's host and port
+    right?
+  - check_event_for_spam: enabled_callbacks names it, but the server has no endpoint for it; the
+    module would let every such action through unchecked
+  - user_may_create_room: server error (HTTP 500)
+
+<yellow>Warnings:</>
+  - user_may_invite: answered in 4.0 s, more than half its 5 s timeout
+  - user_may_join_room: enabled, but not registered by this Synapse; nothing checks it
+
+live: <red>FAILED</>: 1 callback served, 1 not implemented, 1 failed, 3 problems, 2 warnings (exit 1)
+
+<bold>== modules.<item 1> ==</>
+module    modules.<item 1>: synapse_http_antispam.HTTPAntispam (config invalid)
+
+<red>Error in configuration at 'modules.<item 1>.config':
+  Failed to parse config for module 'x':
+    base_url: missing</>
+
+modules.<item 1>: <red>CONFIG ERROR</>: 1 configuration problem (exit 2)
+
+<red>Configuration problems:</>
+  - the module is configured twice
+
+<yellow>Warnings:</>
+  - a word ending in column 101 goes to the next line:
+    yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy z
+  - a hyphenated name at the edge stays whole: a a a a a a a a a a a a a a a a a a a a
+    synapse-http-antispam-check
+  - a URL longer than a line is not cut:
+    http://uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu
+
+<dim>Notes:</>
+  - /etc/synapse/conf.d/README: does not end in '.yaml', ignored
+
+<red>CONFIG ERROR</>: 2 module entries, 1 callback served, 1 not implemented, 1 failed, 2 configuration problems, 3 problems, 5 warnings (exit 2)
+"""  # noqa: E501
+
+
+def _tags(text: str) -> str:
+    """The ANSI colours in `text` as <red>...</>, readable in a literal."""
+    names = {"31": "red", "33": "yellow", "32": "green", "1": "bold", "2": "dim"}
+    return re.sub(r"\x1b\[(\d+)m", lambda m: f"<{names[m[1]]}>" if m[1] != "0" else "</>", text)
+
+
+def test_the_colours_of_a_known_report() -> None:
+    """What an admin sees in a terminal: headings bold, failures red, what nothing checks
+    yellow, the table's header and what is only informative dim; and the text around them:
+    several config files, a Synapse without `modules:`, an invalid entry, the config's own
+    problems, warnings and notes, wrapped at 100 columns (a word ending in column 101 goes to
+    the next line; a hyphenated name or a URL is never cut)."""
+    live = known_instance(
+        0,
+        {
+            "name": "live",
+            "base_url": "http://a.example",
+            "skip": {"user_may_invite": [{"inviter": ["@bot:a.example"]}]},
+        },
+        ping_of("connect", None, 0.012),
+        {
+            # Slow: more than half the timeout; a failure's time is not called slow.
+            "user_may_invite": Verdict(Outcome.ALLOWED, http_status=200, seconds=4.0),
+            "user_may_create_room": attrs.evolve(failure(Failure.HTTP_STATUS, 500), seconds=4.0),
+            "check_event_for_spam": NOT_IMPLEMENTED,
+            "user_may_join_room": None,
+        },
+    )
+    error = (
+        "Error in configuration at 'modules.<item 1>.config':\n"
+        "  Failed to parse config for module 'x':\n"
+        "    base_url: missing"
+    )
+    invalid = Instance(
+        Entry("modules", ("modules", "<item 1>"), MODULE_CLASS, {}),
+        "modules.<item 1>",
+        config_errors=[error],
+    )
+    report = Report(
+        files=["/etc/synapse/homeserver.yaml", "/etc/synapse/conf.d/antispam.yaml"],
+        instances=[live, invalid],
+        fatal=["the module is configured twice"],
+        general_warnings=[
+            "a word ending in column 101 goes to the next line: " + "y" * 46 + " z",
+            "a hyphenated name at the edge stays whole: "
+            + "a " * 20
+            + "synapse-http-antispam-check",
+            "a URL longer than a line is not cut: http://" + "u" * 100,
+        ],
+        notes=["/etc/synapse/conf.d/README: does not end in '.yaml', ignored"],
+    )
+    report.entries = [i.entry for i in report.instances]
+    report.synapse = SynapseInfo(
+        "1.36.0",
+        "bool",
+        None,
+        frozenset({"user_may_invite"}),
+        "refusals show users Synapse's own M_FORBIDDEN",
+    )
+    coloured = render_text(report, colour=True)
+    assert _tags(coloured) == KNOWN_COLOURED.format(version=__version__)
+    assert re.sub(r"\x1b\[\d+m", "", coloured) == render_text(report)
