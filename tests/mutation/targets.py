@@ -146,9 +146,15 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_several_instances.py",
         *_CALL,
     ),
-    # The command, run in-process by test_check.py (its subprocess tests reach nothing mutmut
-    # can see, and are not needed to judge it) and test_check_advice.py.
-    "check": ("test_check.py", "test_check_advice.py"),
+    # The command, run in-process by the test_check*.py files (their subprocess tests reach
+    # nothing mutmut can see, and are not needed to judge it).
+    "check": (
+        "test_check.py",
+        "test_check_servers.py",
+        "test_check_cli.py",
+        "test_check_render.py",
+        "test_check_advice.py",
+    ),
 }
 
 # Mapped, but left out of the whole run and of --changed until the reason is gone; a run that

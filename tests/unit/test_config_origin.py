@@ -247,7 +247,7 @@ class _LocalTestApi:
 @pytest_twisted.ensureDeferred
 async def test_check_shows_the_policy_by_origin(tmp_path: Any, server: AntispamServer) -> None:
     from synapse_http_antispam.check import render_json, render_text
-    from tests.unit.test_check import check, homeserver
+    from tests.support.check import check, homeserver
 
     config = {
         "base_url": server.base_url,

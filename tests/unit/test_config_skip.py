@@ -374,7 +374,7 @@ async def test_skip_comes_before_async_and_report_only(server: AntispamServer) -
 @pytest_twisted.ensureDeferred
 async def test_check_lists_each_callbacks_rules(tmp_path: Any, server: AntispamServer) -> None:
     from synapse_http_antispam.check import render_json, render_text
-    from tests.unit.test_check import check, homeserver
+    from tests.support.check import check, homeserver
 
     config = {
         "base_url": server.base_url,
