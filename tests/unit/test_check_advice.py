@@ -412,7 +412,10 @@ def test_a_config_error_reads_as_synapse_prints_it(error: Exception) -> None:
     """Whatever parse_config raises (a ConfigError naming a path within the module's config,
     or another exception with its causes), the text is what Synapse prints at startup."""
     loader = pytest.importorskip("synapse.util.module_loader")
-    from synapse.config._base import format_config_error as synapse_format
+    try:
+        from synapse.config._base import format_config_error as synapse_format
+    except ImportError:  # before Synapse 1.62 it lived beside the homeserver's main
+        from synapse.app.homeserver import format_config_error as synapse_format
 
     entry = Entry(
         "modules", ("modules", "<item 0>"), f"{__name__}._FailingModule", {"timeouts": {}}
