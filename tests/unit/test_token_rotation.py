@@ -182,3 +182,144 @@ async def test_a_refused_token_makes_the_file_be_read_at_once(
     assert await sent_token(checker, server) == OLD  # refused (fails open here)
     assert await sent_token(checker, server) == NEW
     assert len(server.requests_for("user_may_invite")) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_spoilt_again_after_a_good_one_is_said_again(
+    tmp_path: Path,
+    server: AntispamServer,
+    watches: list[TokenFile],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One ERROR per spell of a bad file: once the file was good again, a new spoilt one is
+    said again, not swallowed by the first spell's ERROR."""
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    checker = checker_for(server, token)
+    token.write_text("  \n")
+    await sleep(0.3)
+    replace_by_rename(token, NEW)
+    assert await token_after(checker, server, NEW) == NEW
+    token.write_text("")
+    await sleep(0.3)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors
+    assert all("is empty; still sending the token read before" in e for e in errors)
+    assert await sent_token(checker, server) == NEW
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_of_any_printable_characters_is_followed(
+    tmp_path: Path, server: AntispamServer, watches: list[TokenFile]
+) -> None:
+    """Only CR, LF and NUL make a token unusable in a header; letters of every case, digits
+    and the punctuation of base64 and JWTs are all sent as written."""
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    checker = checker_for(server, token)
+    rotated = "XyZ09-_.~+/=" + "".join(chr(c) for c in range(0x21, 0x7F))
+    replace_by_rename(token, rotated)
+    assert await token_after(checker, server, rotated) == rotated
+
+
+# --- the watch itself, on a fake clock ---------------------------------------------------------
+
+
+class _Watched:
+    """A TokenFile on a fake clock, with what it handed on."""
+
+    def __init__(self, path: Path, token: str = OLD) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.used: list[str] = []
+        self.file = TokenFile(
+            str(path), token, self.clock, self.used.append, logging.getLogger("test.token")
+        )
+
+
+def test_the_first_look_at_the_file_comes_one_interval_after_start(tmp_path: Path) -> None:
+    """Starting reads nothing: the file is looked at every CHECK_EVERY seconds from then on."""
+    token = tmp_path / "token"
+    token.write_text(NEW)  # changed since the config was parsed
+    watched = _Watched(token)
+    watched.file.start()
+    try:
+        assert watched.used == []
+        watched.clock.advance(TokenFile.CHECK_EVERY - 0.5)
+        assert watched.used == []
+        watched.clock.advance(0.5)
+        assert watched.used == [NEW]
+    finally:
+        watched.file.stop()
+
+
+def test_a_stopped_watch_looks_no_more(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    watched = _Watched(token)
+    watched.file.stop()  # never started: nothing to stop, and no error
+    watched.file.start()
+    watched.file.stop()
+    watched.file.stop()  # twice: no error
+    token.write_text(NEW)
+    watched.clock.advance(TokenFile.CHECK_EVERY * 3)
+    assert watched.used == []
+
+
+def test_a_refused_token_reads_the_file_at_most_once_a_second(tmp_path: Path) -> None:
+    """Every refusal could force a read (a busy server refuses many calls at once): at most
+    one per AFTER_REFUSAL_EVERY, a whole second after the last counting."""
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    watched = _Watched(token)
+    watched.clock.advance(100)
+    watched.file.refused()  # read: the same token, nothing handed on
+    token.write_text(NEW)
+    watched.clock.advance(TokenFile.AFTER_REFUSAL_EVERY / 2)
+    watched.file.refused()  # too soon: not read
+    assert watched.used == []
+    watched.clock.advance(TokenFile.AFTER_REFUSAL_EVERY / 2)  # exactly a second after the read
+    watched.file.refused()
+    assert watched.used == [NEW]
+
+
+def test_the_refusal_watch_hands_every_report_on_unchanged() -> None:
+    """With authorization_path, every report the core makes for the admin's metrics (outcomes,
+    in-flight calls, the breaker, dropped `async` calls, reuse, health) goes through this watch
+    on its way to Prometheus: each must arrive as it was made, and only an `auth` failure
+    makes the file be read again."""
+    from synapse_http_antispam.credentials import RefusalWatch
+    from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+
+    reports: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Inner:
+        def __getattr__(self, method: str) -> Any:
+            return lambda *args: reports.append((method, args))
+
+    refusals: list[None] = []
+    watch = RefusalWatch(Inner(), lambda: refusals.append(None))  # type: ignore[arg-type]
+    failed = Verdict(Outcome.FAILED_OPEN, failure=Failure.TIMEOUT, seconds=0.5)
+    refused = Verdict(Outcome.FAILED_CLOSED, failure=Failure.AUTH, seconds=0.01)
+    watch.decided("user_may_invite", failed)
+    assert refusals == []
+    watch.decided("user_may_invite", refused)
+    assert refusals == [None]
+    watch.in_flight(-1)
+    watch.breaker_changed(True, "timeouts")
+    watch.breaker_probed(False)
+    watch.background_dropped("user_may_join_room")
+    watch.reused("check_event_for_spam", "stored")
+    watch.health(False, 1234.5)
+    assert reports == [
+        ("decided", ("user_may_invite", failed)),
+        ("decided", ("user_may_invite", refused)),
+        ("in_flight", (-1,)),
+        ("breaker_changed", (True, "timeouts")),
+        ("breaker_probed", (False,)),
+        ("background_dropped", ("user_may_join_room",)),
+        ("reused", ("check_event_for_spam", "stored")),
+        ("health", (False, 1234.5)),
+    ]
