@@ -166,6 +166,17 @@ def test_the_issue_example_parses() -> None:
             "skip.check_event_for_spam: rule 1: event.content is an object: name a field "
             "inside it, e.g. event.content.<key>",
         ),
+        # An empty step names nothing: refused, not a rule that could never match.
+        (
+            {"check_event_for_spam": [{"event.content..msgtype": "a"}]},
+            "skip.check_event_for_spam: rule 1: event is an object: name a field inside it, "
+            "e.g. event.type",
+        ),
+        (
+            {"check_event_for_spam": [{"event.content.": "a"}]},
+            "skip.check_event_for_spam: rule 1: event is an object: name a field inside it, "
+            "e.g. event.type",
+        ),
         (
             {"check_event_for_spam": [{"event.typ": "a"}]},
             "skip.check_event_for_spam: rule 1: 'event.typ' is no field of event (did you mean "
