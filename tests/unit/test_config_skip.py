@@ -182,6 +182,13 @@ def test_the_issue_example_parses() -> None:
             "skip.check_event_for_spam: rule 1: 'event.typ' is no field of event (did you mean "
             "'event.type'?); its fields: " + ", ".join(field_paths("check_event_for_spam")),
         ),
+        # An object's name is suggested bare, not as its "content.*" entry.
+        (
+            {"check_event_for_spam": [{"event.contnt": "a"}]},
+            "skip.check_event_for_spam: rule 1: 'event.contnt' is no field of event (did you "
+            "mean 'event.content'?); its fields: "
+            + ", ".join(field_paths("check_event_for_spam")),
+        ),
         (
             {"check_event_for_spam": [{"event.hashes": "a"}]},
             "skip.check_event_for_spam: rule 1: event.hashes is never sent: events go in client "
@@ -271,9 +278,19 @@ def test_numbers_and_booleans_match_as_json_writes_them() -> None:
     joins = rules("user_may_join_room", {"is_invited": "true"})
     assert first_match(joins, {"is_invited": True}) == 1
     assert first_match(joins, {"is_invited": False}) is None
+    uninvited = rules("user_may_join_room", {"is_invited": "false"})
+    assert first_match(uninvited, {"is_invited": False}) == 1
+    assert first_match(uninvited, {"is_invited": True}) is None
     media = rules("check_media_file_for_spam", {"size": ["1?", "2"]})
     assert first_match(media, {"size": 12}) == 1
     assert first_match(media, {"size": 3}) is None
+
+
+def test_a_key_of_one_character_inside_content_is_a_field() -> None:
+    """Under `event.content.*` any key is a field, however short."""
+    short = rules("check_event_for_spam", {"event.content.x": "1"})
+    assert first_match(short, {"event": {"content": {"x": "1"}}}) == 1
+    assert first_match(short, {"event": {"content": {"y": "1"}}}) is None
 
 
 def test_keys_with_dots_inside_content_are_found_whole() -> None:
