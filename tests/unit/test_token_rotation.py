@@ -323,3 +323,47 @@ def test_the_refusal_watch_hands_every_report_on_unchanged() -> None:
         ("reused", ("check_event_for_spam", "stored")),
         ("health", (False, 1234.5)),
     ]
+
+
+def test_a_refusal_reads_the_file_even_when_stat_shows_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file rewritten in place with a token of the same length, within one tick of the
+    filesystem's clock, looks unchanged to stat: the regular look passes it by, and a refused
+    token is what makes it be read."""
+    from synapse_http_antispam import credentials
+
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    watched = _Watched(token)
+    monkeypatch.setattr(credentials, "_stamp", lambda path: (1, 2, len(OLD), 3, 4))
+    watched.file.check()  # the first look: read, the same token
+    token.write_text(NEW)  # the same length: the same stamp
+    watched.file.refused()
+    assert watched.used == [NEW]
+
+
+def test_a_watch_that_fails_stops_with_an_error_saying_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing the file can hold makes a look raise; should one ever raise (a bug), the watch
+    stops with one ERROR naming the failure, rather than silently."""
+    from twisted.internet.task import Clock
+
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    clock = Clock()
+
+    def use(new: str) -> None:
+        raise RuntimeError("the token could not be used")
+
+    watch = TokenFile(str(token), OLD, clock, use, logging.getLogger("test.token"))
+    watch.start()
+    token.write_text(NEW)
+    with caplog.at_level(logging.ERROR, logger="test.token"):
+        clock.advance(TokenFile.CHECK_EVERY)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Antispam token watch stopped: the token could not be used"
+    ]
+    clock.advance(TokenFile.CHECK_EVERY * 3)
+    assert len(caplog.records) == 1
