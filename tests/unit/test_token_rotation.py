@@ -367,3 +367,34 @@ def test_a_watch_that_fails_stops_with_an_error_saying_why(
     ]
     clock.advance(TokenFile.CHECK_EVERY * 3)
     assert len(caplog.records) == 1
+
+
+def test_an_unchanged_file_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch looks at what stat says every few seconds and reads the secret only when
+    that changed (a secret store may log or audit every read): a quiet file is read once."""
+    from synapse_http_antispam import credentials
+
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    reads: list[str] = []
+
+    def counted_open(path: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(credentials, "open", counted_open, raising=False)
+    watched = _Watched(token)
+    watched.file.start()
+    try:
+        watched.clock.advance(TokenFile.CHECK_EVERY)  # the first look: read
+        assert reads == [str(token)]
+        for _ in range(5):
+            watched.clock.advance(TokenFile.CHECK_EVERY)
+        assert reads == [str(token)]
+        token.write_text(NEW + "\n")  # changed (a different size, whatever the clock)
+        watched.clock.advance(TokenFile.CHECK_EVERY)
+        assert reads == [str(token)] * 2 and watched.used == [NEW]
+    finally:
+        watched.file.stop()
