@@ -204,8 +204,8 @@ async def test_a_file_spoilt_again_after_a_good_one_is_said_again(
     token.write_text("")
     await sleep(0.3)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 2, errors
-    assert all("is empty; still sending the token read before" in e for e in errors)
+    line = f"[{server.base_url}] authorization_path: {str(token)!r} is empty; still sending "
+    assert errors == [line + "the token read before"] * 2
     assert await sent_token(checker, server) == NEW
 
 
@@ -398,3 +398,46 @@ def test_an_unchanged_file_is_not_read_again(
         assert reads == [str(token)] * 2 and watched.used == [NEW]
     finally:
         watched.file.stop()
+
+
+def test_a_new_token_is_said_once_and_a_rewrite_of_it_not_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One INFO line naming the file when its token changes; the file written again with the
+    same token (a secret manager's periodic sync) is read, but nothing is handed on or said."""
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    watched = _Watched(token)
+    with caplog.at_level(logging.INFO, logger="test.token"):
+        watched.file.check()  # the first look: the token it already had
+        replace_by_rename(token, NEW)
+        watched.file.check()
+        replace_by_rename(token, NEW + "\n")  # another file, the same token
+        watched.file.check()
+    assert watched.used == [NEW]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"authorization_path: {str(token)!r} changed; sending its new token"
+    ]
+
+
+def test_the_token_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """A rotated token with a non-ASCII character, read while the locale's encoding is ASCII
+    (LC_CTYPE=C): the file is UTF-8 all the same. (test_config.py holds the same for the
+    startup read in a process of its own; this is the in-process twin.)"""
+    import locale
+    import sys
+
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode reads every file as UTF-8 whatever the locale")
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    watched = _Watched(token)
+    token.write_bytes("s3cr\u00e9t\n".encode())
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert "utf" not in locale.getpreferredencoding(False).lower()
+        watched.file.check()
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert watched.used == ["s3cr\u00e9t"]
