@@ -189,6 +189,25 @@ def test_the_issue_example_parses() -> None:
             "mean 'event.content'?); its fields: "
             + ", ".join(field_paths("check_event_for_spam")),
         ),
+        # Longer than any field, or sharing a field's first letters: still no field.
+        (
+            {"check_event_for_spam": [{"event.origin_server_time": "a"}]},
+            "skip.check_event_for_spam: rule 1: 'event.origin_server_time' is no field of event "
+            "(did you mean 'event.origin_server_ts'?); its fields: "
+            + ", ".join(field_paths("check_event_for_spam")),
+        ),
+        (
+            {"check_event_for_spam": [{"event.contents.body": "a"}]},
+            "skip.check_event_for_spam: rule 1: 'event.contents.body' is no field of event (did "
+            "you mean 'event.content'?); its fields: "
+            + ", ".join(field_paths("check_event_for_spam")),
+        ),
+        # A field that is a map of any keys is listed as such, after the plain ones.
+        (
+            {"user_may_create_room": [{"room_confg": "a"}]},
+            "skip.user_may_create_room: rule 1: user_may_create_room has no field 'room_confg' "
+            "(did you mean 'room_config.<any key>'?); its fields: user_id, room_config.<any key>",
+        ),
         (
             {"check_event_for_spam": [{"event.hashes": "a"}]},
             "skip.check_event_for_spam: rule 1: event.hashes is never sent: events go in client "
@@ -284,6 +303,16 @@ def test_numbers_and_booleans_match_as_json_writes_them() -> None:
     media = rules("check_media_file_for_spam", {"size": ["1?", "2"]})
     assert first_match(media, {"size": 12}) == 1
     assert first_match(media, {"size": 3}) is None
+
+
+def test_any_key_of_a_map_of_any_keys_is_a_field() -> None:
+    """room_config and a state event's content hold whatever keys the client sent: a rule may
+    name any of them."""
+    presets = rules("user_may_create_room", {"room_config.preset": "public_chat"})
+    assert first_match(presets, {"room_config": {"preset": "public_chat"}}) == 1
+    assert first_match(presets, {"room_config": {"preset": "private_chat"}}) is None
+    topics = rules("user_may_send_state_event", {"content.topic": "*spam*"})
+    assert first_match(topics, {"content": {"topic": "buy spam now"}}) == 1
 
 
 def test_a_key_of_one_character_inside_content_is_a_field() -> None:
