@@ -441,3 +441,21 @@ def test_the_token_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> N
     finally:
         locale.setlocale(locale.LC_CTYPE, before)
     assert watched.used == ["s3cr\u00e9t"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unchanged_token_file_is_not_said_to_have_changed(
+    tmp_path: Path,
+    server: AntispamServer,
+    watches: list[TokenFile],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The door's watch starts from the token read at startup: its looks at a file nobody
+    touched say nothing (no "changed" line for the token it was already sending)."""
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    checker = checker_for(server, token)
+    await sleep(0.3)  # six looks at the file
+    assert await sent_token(checker, server) == OLD
+    assert [r.getMessage() for r in caplog.records if "authorization_path" in r.getMessage()] == []
