@@ -65,9 +65,11 @@ TESTS: dict[str, tuple[str, ...]] = {
     # Nearly every test parses a config on its way to something else: only the config tests
     # judge it (the stricter rule: a mutant is killed only when a test about the config sees it).
     "config": _CONFIG,
-    "credentials": ("test_token_rotation.py", "test_forwarder.py"),
+    # test_config_rules.py: the ConfigError a token file that cannot be used stops Synapse with.
+    "credentials": ("test_token_rotation.py", "test_config_rules.py", "test_forwarder.py"),
     # test_config_skip.py and test_config_origin.py: skip rules and fail_open by origin end to
-    # end through both doors (where a call comes from is the door's server name).
+    # end through both doors (where a call comes from is the door's server name);
+    # test_token_rotation.py: the door following authorization_path (its watch and refusals).
     "dispatch": (
         "test_doors.py",
         "test_payloads.py",
@@ -78,6 +80,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_decision_path.py",
         "test_several_instances.py",
         "test_hardening.py",
+        "test_token_rotation.py",
     ),
     "endpoints": ("test_endpoints.py", "test_pinger.py", "test_several_instances.py", *_CALL),
     "forwarder": (

@@ -274,3 +274,29 @@ def test_the_readme_example_parses() -> None:
         "check_event_for_spam": ByOrigin(local=False, remote=True),
         "user_may_invite": ByOrigin(local=True, remote=False),
     }
+
+
+def test_without_a_server_name_the_warning_names_every_callback_by_origin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One WARNING naming each callback whose policy by origin cannot apply, in order; none
+    when no callback has one."""
+    pytest.importorskip("synapse")
+    from synapse_http_antispam import LegacyHTTPAntispam
+
+    by_origin = {"local": False, "remote": True}
+    config = {
+        "base_url": "http://127.0.0.1:9",
+        "fail_open": {"user_may_invite": by_origin, "check_event_for_spam": by_origin},
+    }
+    with caplog.at_level(logging.WARNING, logger="synapse_http_antispam"):
+        LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+        LegacyHTTPAntispam(
+            LegacyHTTPAntispam.parse_config(
+                {"base_url": "http://127.0.0.1:9", "fail_open": {"user_may_invite": True}}
+            )
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "[http://127.0.0.1:9] This Synapse does not tell its server_name to modules: fail_open "
+        "by origin counts every call as remote for check_event_for_spam, user_may_invite"
+    ]

@@ -513,6 +513,26 @@ def test_a_huge_number_is_refused_by_name_without_its_digits(
     assert refused({**BASE, **place}) == f"{key}: {message}, got a whole number too large to use"
 
 
+def test_a_number_that_fits_64_bits_is_quoted_and_one_beyond_is_described() -> None:
+    """The edge of "too large to use": any number of at most 64 bits (20 digits) is quoted as
+    written, from 2**64 on it is described."""
+    message = "timeout: must be more than 0 and at most 300 seconds, got "
+    assert refused({**BASE, "timeout": 2**64 - 1}) == f"{message}{2**64 - 1}"
+    assert refused({**BASE, "timeout": -(2**64 - 1)}) == f"{message}{-(2**64 - 1)}"
+    assert refused({**BASE, "timeout": 2**64}) == f"{message}a whole number too large to use"
+
+
+def test_a_long_value_is_quoted_up_to_200_characters() -> None:
+    """A wrong value is quoted whole up to 200 characters (as repr writes it, quotes
+    included); a longer one is cut after 200, with "..." to say so."""
+    message = "timeout: expected a number of seconds, got "
+    fits = "x" * 198  # 200 characters with its quotes
+    assert refused({**BASE, "timeout": fits}) == f"{message}{fits!r}"
+    over = "y" * 199
+    assert refused({**BASE, "timeout": over}) == f"{message}{repr(over)[:200]}..."
+    assert repr(over)[:200] == "'" + "y" * 199
+
+
 def test_a_huge_number_deep_in_a_value_is_not_printed() -> None:
     huge = 10**5000
     assert refused({**BASE, "fail_open": [huge]}) == (

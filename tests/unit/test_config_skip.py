@@ -166,10 +166,47 @@ def test_the_issue_example_parses() -> None:
             "skip.check_event_for_spam: rule 1: event.content is an object: name a field "
             "inside it, e.g. event.content.<key>",
         ),
+        # An empty step names nothing: refused, not a rule that could never match.
+        (
+            {"check_event_for_spam": [{"event.content..msgtype": "a"}]},
+            "skip.check_event_for_spam: rule 1: event is an object: name a field inside it, "
+            "e.g. event.type",
+        ),
+        (
+            {"check_event_for_spam": [{"event.content.": "a"}]},
+            "skip.check_event_for_spam: rule 1: event is an object: name a field inside it, "
+            "e.g. event.type",
+        ),
         (
             {"check_event_for_spam": [{"event.typ": "a"}]},
             "skip.check_event_for_spam: rule 1: 'event.typ' is no field of event (did you mean "
             "'event.type'?); its fields: " + ", ".join(field_paths("check_event_for_spam")),
+        ),
+        # An object's name is suggested bare, not as its "content.*" entry.
+        (
+            {"check_event_for_spam": [{"event.contnt": "a"}]},
+            "skip.check_event_for_spam: rule 1: 'event.contnt' is no field of event (did you "
+            "mean 'event.content'?); its fields: "
+            + ", ".join(field_paths("check_event_for_spam")),
+        ),
+        # Longer than any field, or sharing a field's first letters: still no field.
+        (
+            {"check_event_for_spam": [{"event.origin_server_time": "a"}]},
+            "skip.check_event_for_spam: rule 1: 'event.origin_server_time' is no field of event "
+            "(did you mean 'event.origin_server_ts'?); its fields: "
+            + ", ".join(field_paths("check_event_for_spam")),
+        ),
+        (
+            {"check_event_for_spam": [{"event.contents.body": "a"}]},
+            "skip.check_event_for_spam: rule 1: 'event.contents.body' is no field of event (did "
+            "you mean 'event.content'?); its fields: "
+            + ", ".join(field_paths("check_event_for_spam")),
+        ),
+        # A field that is a map of any keys is listed as such, after the plain ones.
+        (
+            {"user_may_create_room": [{"room_confg": "a"}]},
+            "skip.user_may_create_room: rule 1: user_may_create_room has no field 'room_confg' "
+            "(did you mean 'room_config.<any key>'?); its fields: user_id, room_config.<any key>",
         ),
         (
             {"check_event_for_spam": [{"event.hashes": "a"}]},
@@ -260,9 +297,29 @@ def test_numbers_and_booleans_match_as_json_writes_them() -> None:
     joins = rules("user_may_join_room", {"is_invited": "true"})
     assert first_match(joins, {"is_invited": True}) == 1
     assert first_match(joins, {"is_invited": False}) is None
+    uninvited = rules("user_may_join_room", {"is_invited": "false"})
+    assert first_match(uninvited, {"is_invited": False}) == 1
+    assert first_match(uninvited, {"is_invited": True}) is None
     media = rules("check_media_file_for_spam", {"size": ["1?", "2"]})
     assert first_match(media, {"size": 12}) == 1
     assert first_match(media, {"size": 3}) is None
+
+
+def test_any_key_of_a_map_of_any_keys_is_a_field() -> None:
+    """room_config and a state event's content hold whatever keys the client sent: a rule may
+    name any of them."""
+    presets = rules("user_may_create_room", {"room_config.preset": "public_chat"})
+    assert first_match(presets, {"room_config": {"preset": "public_chat"}}) == 1
+    assert first_match(presets, {"room_config": {"preset": "private_chat"}}) is None
+    topics = rules("user_may_send_state_event", {"content.topic": "*spam*"})
+    assert first_match(topics, {"content": {"topic": "buy spam now"}}) == 1
+
+
+def test_a_key_of_one_character_inside_content_is_a_field() -> None:
+    """Under `event.content.*` any key is a field, however short."""
+    short = rules("check_event_for_spam", {"event.content.x": "1"})
+    assert first_match(short, {"event": {"content": {"x": "1"}}}) == 1
+    assert first_match(short, {"event": {"content": {"y": "1"}}}) is None
 
 
 def test_keys_with_dots_inside_content_are_found_whole() -> None:

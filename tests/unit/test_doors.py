@@ -386,3 +386,74 @@ async def test_an_upload_the_server_has_no_endpoint_for_is_read_once(
         assert is_allow("check_media_file_for_spam", await check(CountedFile(), FakeFileInfo()))
     assert len(server.requests_for("check_media_file_for_spam")) == 1
     assert reads == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_antispam_server_is_told_the_module_and_synapse_versions(
+    server: AntispamServer,
+) -> None:
+    """Every request's User-Agent names this package's version and the running Synapse's, so
+    that a policy server's author can tell which module and homeserver asked."""
+    from synapse_http_antispam.version import __version__
+
+    checker: Any = LegacyHTTPAntispam(
+        LegacyHTTPAntispam.parse_config({"base_url": server.base_url})
+    )
+    await checker.user_may_invite(*ARGS["user_may_invite"])
+    [request] = server.requests_for("user_may_invite")
+    assert request.headers["user-agent"] == (
+        f"synapse-http-antispam/{__version__} Synapse/{synapse.__version__}"
+    )
+
+
+def test_a_door_creates_the_series_of_what_it_checks_at_startup() -> None:
+    """The door's metrics exist from startup, at 0 (or, for the deadline, its value), for the
+    enabled callbacks and the enabled `async` ones only: the alert rules see the first failure
+    as an increase, and a callback left out of enabled_callbacks adds no series."""
+    from prometheus_client import REGISTRY
+
+    label = "door-startup-series"
+    config = {
+        "base_url": "http://127.0.0.1:9",
+        "name": label,
+        "enabled_callbacks": ["user_may_invite", "user_may_join_room"],
+        "timeouts": {"user_may_invite": 2.5},
+        "async": {"user_may_join_room": True, "user_may_publish_room": True},
+    }
+    LegacyHTTPAntispam(LegacyHTTPAntispam.parse_config(config))
+
+    def sample(metric: str, **labels: str) -> float | None:
+        value: float | None = REGISTRY.get_sample_value(
+            f"synapse_http_antispam_{metric}", {"server": label, **labels}
+        )
+        return value
+
+    invite = {"callback": "user_may_invite"}
+    assert sample("timeout_seconds", **invite) == 2.5
+    assert sample("decisions_total", **invite, outcome="failed_closed") == 0
+    assert sample("failures_total", **invite, reason="auth") == 0
+    assert sample("background_dropped_total", callback="user_may_join_room") == 0
+    # Not enabled: no series, not even for an `async` one.
+    create = {"callback": "user_may_create_room"}
+    assert sample("timeout_seconds", **create) is None
+    assert sample("decisions_total", **create, outcome="allowed") is None
+    assert sample("background_dropped_total", callback="user_may_publish_room") is None
+    assert sample("background_dropped_total", callback="user_may_invite") is None
+
+
+def test_each_callback_is_named_as_synapse_measures_it() -> None:
+    """Synapse times each spam-checker callback in a Measure block named
+    `{__module__}.{__qualname__}` (its synapse_util_metrics_block_* series): the module's own
+    name and the door's, not the generated code's. Its docstring is the catalogue's summary,
+    as help() on the legacy class shows it."""
+    api = installed_api()
+    if real_spam_checker_keywords():
+        HTTPAntispam(HTTPAntispam.parse_config({"base_url": "http://127.0.0.1:9"}), api)
+    for name, callback in api.registered.items():
+        assert callback.__module__ == "synapse_http_antispam"
+        assert callback.__qualname__ == f"HTTPAntispam.{name}"
+        assert callback.__doc__ == CALLBACKS[name].summary and callback.__doc__
+    method = LegacyHTTPAntispam.user_may_invite
+    assert method.__module__ == "synapse_http_antispam"
+    assert method.__qualname__ == "LegacyHTTPAntispam.user_may_invite"
+    assert method.__doc__ == CALLBACKS["user_may_invite"].summary

@@ -85,16 +85,65 @@ async def test_down_and_up_again_are_each_said_once(
 
 @pytest_twisted.ensureDeferred
 async def test_a_server_that_cannot_be_reached_is_down_and_never_waited_for_longer_than_timeout(
-    server: AntispamServer,
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     recorder = HealthRecorder()
     server.set("ping", Behaviour(never_respond=True))
     f = make(server.base_url, recorder, timeout=0.3, health_interval=1)
     try:
-        await f.health.check()
+        with caplog.at_level(logging.WARNING):
+            await f.health.check()
     finally:
         await f.close()
     assert recorder.healths == [False]
+    # No HTTP status and no words from the server: the line says only how it failed.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"[{server.base_url}] Health ping to the antispam server at {server.base_url} failed "
+        "(timeout); it counts as down until a ping is answered (every 1s)"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_status_with_an_empty_body_is_named_alone(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An HTTP status, but nothing the server said: no dangling ": " after it."""
+    server.set("ping", Behaviour(status=503, body=b""))
+    f = make(server.base_url)
+    try:
+        with caplog.at_level(logging.WARNING):
+            await f.health.check()
+    finally:
+        await f.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"[{server.base_url}] Health ping to the antispam server at {server.base_url} failed "
+        "(http_status, HTTP 503); it counts as down until a ping is answered (every 15s)"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_back_up_is_said_at_the_first_answered_ping_and_only_then(
+    server: AntispamServer,
+    watched: tuple[Forwarder, HealthRecorder],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The INFO line comes with the ping that found the server back, not with a later one,
+    and an up after an up (the first ping included) says nothing."""
+    f, _ = watched
+
+    async def said_by_one_check() -> list[int]:
+        caplog.clear()
+        await f.health.check()
+        return [r.levelno for r in caplog.records]
+
+    with caplog.at_level(logging.INFO):
+        assert await said_by_one_check() == []  # first ping, up
+        assert await said_by_one_check() == []  # up after up
+        server.set("ping", Behaviour(status=503))
+        assert await said_by_one_check() == [logging.WARNING]
+        server.reset_behaviours()
+        assert await said_by_one_check() == [logging.INFO]
+        assert await said_by_one_check() == []
 
 
 @pytest.mark.health_loop
@@ -119,6 +168,22 @@ async def test_the_loop_pings_every_interval_with_no_traffic_and_stops_at_close(
     count = len(server.requests_for("ping"))
     await sleep(1.5)
     assert len(server.requests_for("ping")) == count  # stopped
+
+
+@pytest.mark.health_loop
+@pytest_twisted.ensureDeferred
+async def test_the_first_health_ping_waits_one_interval(server: AntispamServer) -> None:
+    """Started, the loop sends nothing until its first interval has passed: at startup the
+    antispam server gets the startup ping only, not a health ping beside it."""
+    f = make(server.base_url, health_interval=60)
+    f.start_health()
+    try:
+        assert f.health.running
+        await sleep(0.5)  # a ping sent at once would have reached the local server by now
+        assert server.requests_for("ping") == []
+        assert f.health.up is None
+    finally:
+        await f.close()
 
 
 @pytest.mark.parametrize("off", [0, False])

@@ -207,3 +207,22 @@ def test_the_legacy_door_at_startup(
         f"INFO {PREFIX}Calls matching a skip rule are allowed unasked for: "
         "check_event_for_spam (2 rules)",
     ]
+
+
+def test_the_report_only_line_names_each_callback_in_the_catalogues_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Several callbacks in report-only mode: one line naming each (those registered only),
+    in the order the catalogue (and the docs) list them, whatever order the config gave."""
+    api = FakeModuleApi(ERA_KEYWORDS["1.60"])
+    raw = config(
+        health_interval=0,
+        report_only=["user_may_invite", "user_may_send_state_event", "check_event_for_spam"],
+    )
+    with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+        HTTPAntispam(raw, api)
+    names = [n for n in CALLBACKS if n in ("user_may_invite", "check_event_for_spam")]
+    assert len(names) == 2
+    assert f"INFO {PREFIX}Report-only mode (answers recorded, never enforced) for: " + ", ".join(
+        names
+    ) in startup_log(caplog)
