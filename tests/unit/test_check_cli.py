@@ -178,9 +178,11 @@ async def test_main_exits_with_the_report_s_code(
     server: AntispamServer,
     main_on_this_reactor: list[Any],
     capsys: pytest.CaptureFixture[str],
+    package_logging: logging.Logger,
 ) -> None:
     """The command line as an admin types it: its report on stdout, its code as the exit
-    status (what scripts and monitoring read)."""
+    status (what scripts and monitoring read). (`main` silences the package's logger, as in
+    a process of its own: package_logging gives it back to the tests after.)"""
     good = homeserver(tmp_path, {"base_url": server.base_url})
     assert await exit_code_of_main(main_on_this_reactor, "check", "-c", str(good)) == EXIT_OK
     assert capsys.readouterr().out.splitlines()[-1].startswith("OK:")
