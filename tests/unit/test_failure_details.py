@@ -46,6 +46,8 @@ async def test_no_answer_has_no_status_and_the_sockets_words() -> None:
     assert verdict.failure is Failure.CONNECT
     assert verdict.http_status is None
     assert "Connection refused" in verdict.detail
+    # Twisted's own sentence, not the bare errno and text of the exception's args.
+    assert verdict.detail.startswith("Connection was refused by other side"), verdict.detail
 
 
 @pytest_twisted.ensureDeferred
@@ -54,6 +56,15 @@ async def test_a_host_name_that_does_not_resolve_says_so() -> None:
     assert verdict.failure is Failure.CONNECT
     assert verdict.detail.startswith("DNS lookup failed"), verdict.detail
     assert "no-such-host.invalid" in verdict.detail
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_cause_is_cut_at_200_characters() -> None:
+    host = ".".join(label * 60 for label in "abc") + ".invalid"  # a valid name, 190 characters
+    verdict = await invite(f"http://{host}:8080")
+    assert verdict.failure is Failure.CONNECT
+    assert verdict.detail.startswith("DNS lookup failed"), verdict.detail
+    assert len(verdict.detail) == 200
 
 
 @pytest_twisted.ensureDeferred
@@ -74,6 +85,10 @@ async def test_an_untrusted_certificate_gives_the_tls_librarys_reason() -> None:
         verdict = await invite(server.base_url)
     assert verdict.failure is Failure.TLS
     assert "certificate verify failed" in verdict.detail
+    # pyOpenSSL's nested error tuples, flattened into the library's words: "SSL routines;
+    # certificate verify failed" (OpenSSL 1.1 names the function in between).
+    words = verdict.detail.split("; ")
+    assert words[0] == "SSL routines" and words[-1] == "certificate verify failed", words
 
 
 @pytest_twisted.ensureDeferred
