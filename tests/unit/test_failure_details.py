@@ -76,6 +76,25 @@ async def test_a_redirect_names_its_target_in_one_safe_line(server: AntispamServ
     assert verdict.detail == "redirect to https://antispam.example/api?[31m"
 
 
+@pytest.mark.parametrize(
+    "status, detail",
+    [
+        (300, "redirect to https://antispam.example/api"),  # a 3xx: its target
+        (400, "the server's own words"),  # not a redirect: its words
+        (503, "the server's own words"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_location_is_the_detail_of_a_3xx_only(
+    server: AntispamServer, status: int, detail: str
+) -> None:
+    headers = {"Location": "https://antispam.example/api", "Content-Type": "text/plain"}
+    server.set(None, Behaviour(status=status, body="the server's own words", headers=headers))
+    verdict = await invite(server.base_url)
+    assert verdict.http_status == status
+    assert verdict.detail == detail
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_untrusted_certificate_gives_the_tls_librarys_reason() -> None:
     trustme = pytest.importorskip("trustme")

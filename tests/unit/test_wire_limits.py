@@ -30,7 +30,7 @@ from twisted.web._newclient import HTTPParser
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+from synapse_http_antispam.verdict import CallFailed, Failure, Outcome, Verdict
 from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Wire, encode
 from tests.support.antispam_server import AntispamServer, Behaviour
 from tests.support.raw_server import (
@@ -269,6 +269,28 @@ async def test_giving_up_on_an_unneeded_body_is_a_cancellation() -> None:
                 await rest
         finally:
             await w.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bug_reading_an_answer_is_an_internal_failure_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(status: int) -> bool:
+        raise RuntimeError("a bug")
+
+    caplog.set_level(logging.INFO, logger="synapse_http_antispam")
+    with RawServer([OK + b"Content-Length: 100\r\n\r\n{}", HOLD]) as server:
+        w = wire(server.url())
+        try:
+            with pytest.raises(CallFailed) as raised:
+                await Deferred.fromCoroutine(w.post("user_may_invite", b"{}", "id", broken))
+        finally:
+            await w.close()
+    assert raised.value.failure is Failure.INTERNAL
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "Antispam answer to user_may_invite could not be read"
+    assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
 
 
 # ---- a pooled connection the server closed: retried once, and only once ---------------------
