@@ -32,7 +32,7 @@ from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.verdict import CallFailed, Failure, Outcome, Verdict
 from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Wire, encode
-from tests.support.antispam_server import AntispamServer, Behaviour
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port
 from tests.support.raw_server import (
     CLOSE,
     HOLD,
@@ -337,6 +337,34 @@ async def test_a_retry_that_meets_another_dead_pooled_connection_is_a_connect_fa
         await f.close()
     assert verdict.failure is Failure.CONNECT, verdict
     assert len(antispam.requests) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_cut_on_a_pooled_connection_is_not_sent_again(
+    antispam: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the server has begun to answer, it has the request: sending it again would make it
+    judge one call twice."""
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": TIMEOUT}))
+    try:
+        assert (await f.check("user_may_invite", Kind.GATE, invite(1))).allowed
+        antispam.set(None, Behaviour(close_mid_head=True))
+        verdict = await f.check("user_may_invite", Kind.GATE, invite(2))
+    finally:
+        await f.close()
+    assert verdict.failure is Failure.CONNECT, verdict
+    assert len(antispam.requests) == 2
+    assert len({r.connection_id for r in antispam.requests}) == 1  # the pooled one
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_refused_is_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    verdict = await check(f"http://127.0.0.1:{free_port()}")
+    assert verdict.failure is Failure.CONNECT, verdict
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
 
 # ---- the request: compact JSON, byte for byte ------------------------------------------------
