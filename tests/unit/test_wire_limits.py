@@ -306,12 +306,17 @@ async def test_a_dead_pooled_connection_is_retried_once_and_says_so_at_debug(
 ) -> None:
     antispam.set(None, Behaviour(close_if_reused=True))
     caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
-    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": TIMEOUT}))
+    config = {"base_url": antispam.base_url, "timeout": TIMEOUT, "authorization": "s3cret"}
+    f = Forwarder(parse_config(config))
     try:
         for number in range(2):
             assert (await f.check("user_may_invite", Kind.GATE, invite(number))).allowed
     finally:
         await f.close()
+    # The request sent again is the same request: its token and its X-Request-ID too.
+    *_, resent = antispam.requests
+    assert resent.headers["authorization"] == "Bearer s3cret"
+    assert resent.headers["x-request-id"] == antispam.requests[-2].headers["x-request-id"]
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert retries == [
         f"[{antispam.base_url}] Pooled connection to antispam server was closed; retrying once"
