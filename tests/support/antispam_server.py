@@ -35,6 +35,7 @@ class Behaviour:
     close_before_response: bool = False  # read the request, close without a byte
     close_mid_body: bool = False  # headers, half the body, close
     close_if_reused: bool = False  # close unanswered when the connection was used before
+    close_mid_head: bool = False  # the status line, then close: an answer begun, never ended
 
     def encoded_body(self) -> bytes:
         if self.body is None:
@@ -268,6 +269,11 @@ class AntispamServer:
                     self.close_connection = True
                     return
                 if b.close_before_response:
+                    self.close_connection = True
+                    return
+                if b.close_mid_head:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    self.wfile.flush()
                     self.close_connection = True
                     return
                 if b.delay:

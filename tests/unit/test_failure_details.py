@@ -46,6 +46,8 @@ async def test_no_answer_has_no_status_and_the_sockets_words() -> None:
     assert verdict.failure is Failure.CONNECT
     assert verdict.http_status is None
     assert "Connection refused" in verdict.detail
+    # Twisted's own sentence, not the bare errno and text of the exception's args.
+    assert verdict.detail.startswith("Connection was refused by other side"), verdict.detail
 
 
 @pytest_twisted.ensureDeferred
@@ -57,12 +59,40 @@ async def test_a_host_name_that_does_not_resolve_says_so() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_long_cause_is_cut_at_200_characters() -> None:
+    host = ".".join(label * 60 for label in "abc") + ".invalid"  # a valid name, 190 characters
+    verdict = await invite(f"http://{host}:8080")
+    assert verdict.failure is Failure.CONNECT
+    assert verdict.detail.startswith("DNS lookup failed"), verdict.detail
+    assert len(verdict.detail) == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_redirect_names_its_target_in_one_safe_line(server: AntispamServer) -> None:
     target = "https://antispam.example/api\x1b[31m"
     server.set(None, Behaviour(status=308, headers={"Location": target}))
     verdict = await invite(server.base_url)
     assert (verdict.failure, verdict.http_status) == (Failure.HTTP_STATUS, 308)
     assert verdict.detail == "redirect to https://antispam.example/api?[31m"
+
+
+@pytest.mark.parametrize(
+    "status, detail",
+    [
+        (300, "redirect to https://antispam.example/api"),  # a 3xx: its target
+        (400, "the server's own words"),  # not a redirect: its words
+        (503, "the server's own words"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_location_is_the_detail_of_a_3xx_only(
+    server: AntispamServer, status: int, detail: str
+) -> None:
+    headers = {"Location": "https://antispam.example/api", "Content-Type": "text/plain"}
+    server.set(None, Behaviour(status=status, body="the server's own words", headers=headers))
+    verdict = await invite(server.base_url)
+    assert verdict.http_status == status
+    assert verdict.detail == detail
 
 
 @pytest_twisted.ensureDeferred
@@ -74,6 +104,10 @@ async def test_an_untrusted_certificate_gives_the_tls_librarys_reason() -> None:
         verdict = await invite(server.base_url)
     assert verdict.failure is Failure.TLS
     assert "certificate verify failed" in verdict.detail
+    # pyOpenSSL's nested error tuples, flattened into the library's words: "SSL routines;
+    # certificate verify failed" (OpenSSL 1.1 names the function in between).
+    words = verdict.detail.split("; ")
+    assert words[0] == "SSL routines" and words[-1] == "certificate verify failed", words
 
 
 @pytest_twisted.ensureDeferred

@@ -487,6 +487,11 @@ async def test_a_404_with_an_errcode_to_ping_too_means_base_url_is_wrong(
             Failure.NO_ANTISPAM_SERVER,
         )
         assert verdict.message == "The antispam server could not be found"
+        # The callback's own answer, for its WARNING line and `check`.
+        assert (verdict.http_status, verdict.detail) == (
+            404,
+            "M_NOT_FOUND: Antispam configuration issue: policy list not found",
+        )
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [
         f"[{server.base_url}] base_url {server.base_url} does not reach an antispam server: "

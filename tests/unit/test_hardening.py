@@ -97,13 +97,14 @@ async def test_a_fail_open_callback_behind_a_proxys_404_fails_open(
 
 @pytest_twisted.ensureDeferred
 async def test_a_404_is_no_endpoint_once_the_server_showed_it_is_there(
-    server: AntispamServer,
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Draupnir with the default config: its ping answers, other callbacks 404."""
     server.set("user_may_create_room", PROXY_404)
     f = make(server.base_url)
     try:
-        verdict = await f.check("user_may_create_room", Kind.GATE, {"user_id": "@a:x"})
+        with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+            verdict = await f.check("user_may_create_room", Kind.GATE, {"user_id": "@a:x"})
         assert verdict.outcome is Outcome.NOT_IMPLEMENTED and verdict.allowed
         assert len(server.requests_for("ping")) == 1  # the evidence was asked for at once
         verdict = await f.check("user_may_create_room", Kind.GATE, {"user_id": "@a:x"})
@@ -111,6 +112,12 @@ async def test_a_404_is_no_endpoint_once_the_server_showed_it_is_there(
         assert len(server.requests_for("ping")) == 1
     finally:
         await f.close()
+    # The callback's own status, in the one warning that tells the admin what to leave out.
+    assert messages(caplog, logging.WARNING) == [
+        f"[{server.base_url}] The antispam server at {server.base_url} has no endpoint for "
+        "user_may_create_room (HTTP 404): allowing it, and not sending it for 600s before "
+        "asking again. To stop sending it, leave it out of enabled_callbacks."
+    ]
 
 
 # ---- 9: a cancelled check is cancelled, not a verdict ---------------------------------------

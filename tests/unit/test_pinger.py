@@ -290,3 +290,50 @@ async def test_the_startup_ping_names_the_server_it_cannot_reach(
     await f.close()
     [first, *_] = [r.getMessage() for r in caplog.records if "Ping to" in r.getMessage()]
     assert first == f"[{url}] Ping to antispam server at {url} failed: connect; retrying in 1s"
+
+
+# ---- the health ping: outside the limiter, by `timeout` at most ------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_health_ping_gets_through_while_every_slot_hangs(
+    antispam: AntispamServer,
+) -> None:
+    """Calls hanging on a dead endpoint hold every slot: the health ping must not queue
+    behind them (it would count a server that answers as down)."""
+    antispam.set("user_may_invite", Behaviour(never_respond=True))
+    config = {"base_url": antispam.base_url, "max_concurrency": 1, "max_pending": 0}
+    f = Forwarder(parse_config({**config, "timeout": 2, "health_interval": 1}))
+    d = defer.ensureDeferred(f.check("user_may_invite", Kind.GATE, {"inviter": "@a:x"}))
+    try:
+        await until(lambda: antispam.requests_for("user_may_invite"))
+        await f.health.check()
+        assert f.health.up is True
+        assert len(antispam.requests_for("ping")) == 1
+    finally:
+        d.cancel()
+        d.addErrback(lambda failure: failure.trap(defer.CancelledError))
+        await d
+        await f.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_health_ping_nobody_answers_is_a_timeout(
+    antispam: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    antispam.set("ping", Behaviour(never_respond=True))
+    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": 0.3}))
+    try:
+        with caplog.at_level(logging.INFO, logger="synapse_http_antispam"):
+            await f.health.check()
+    finally:
+        await f.close()
+    assert f.health.up is False
+    url = antispam.base_url
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            f"[{url}] Health ping to the antispam server at {url} failed (timeout); it counts "
+            "as down until a ping is answered (every 15s)",
+        )
+    ]

@@ -30,9 +30,9 @@ from twisted.web._newclient import HTTPParser
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.verdict import Failure, Outcome, Verdict
+from synapse_http_antispam.verdict import CallFailed, Failure, Outcome, Verdict
 from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Wire, encode
-from tests.support.antispam_server import AntispamServer, Behaviour
+from tests.support.antispam_server import AntispamServer, Behaviour, free_port
 from tests.support.raw_server import (
     CLOSE,
     HOLD,
@@ -271,6 +271,28 @@ async def test_giving_up_on_an_unneeded_body_is_a_cancellation() -> None:
             await w.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_bug_reading_an_answer_is_an_internal_failure_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(status: int) -> bool:
+        raise RuntimeError("a bug")
+
+    caplog.set_level(logging.INFO, logger="synapse_http_antispam")
+    with RawServer([OK + b"Content-Length: 100\r\n\r\n{}", HOLD]) as server:
+        w = wire(server.url())
+        try:
+            with pytest.raises(CallFailed) as raised:
+                await Deferred.fromCoroutine(w.post("user_may_invite", b"{}", "id", broken))
+        finally:
+            await w.close()
+    assert raised.value.failure is Failure.INTERNAL
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "Antispam answer to user_may_invite could not be read"
+    assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
+
+
 # ---- a pooled connection the server closed: retried once, and only once ---------------------
 
 
@@ -284,12 +306,17 @@ async def test_a_dead_pooled_connection_is_retried_once_and_says_so_at_debug(
 ) -> None:
     antispam.set(None, Behaviour(close_if_reused=True))
     caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
-    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": TIMEOUT}))
+    config = {"base_url": antispam.base_url, "timeout": TIMEOUT, "authorization": "s3cret"}
+    f = Forwarder(parse_config(config))
     try:
         for number in range(2):
             assert (await f.check("user_may_invite", Kind.GATE, invite(number))).allowed
     finally:
         await f.close()
+    # The request sent again is the same request: its token and its X-Request-ID too.
+    *_, resent = antispam.requests
+    assert resent.headers["authorization"] == "Bearer s3cret"
+    assert resent.headers["x-request-id"] == antispam.requests[-2].headers["x-request-id"]
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert retries == [
         f"[{antispam.base_url}] Pooled connection to antispam server was closed; retrying once"
@@ -315,6 +342,34 @@ async def test_a_retry_that_meets_another_dead_pooled_connection_is_a_connect_fa
         await f.close()
     assert verdict.failure is Failure.CONNECT, verdict
     assert len(antispam.requests) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_cut_on_a_pooled_connection_is_not_sent_again(
+    antispam: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the server has begun to answer, it has the request: sending it again would make it
+    judge one call twice."""
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    f = Forwarder(parse_config({"base_url": antispam.base_url, "timeout": TIMEOUT}))
+    try:
+        assert (await f.check("user_may_invite", Kind.GATE, invite(1))).allowed
+        antispam.set(None, Behaviour(close_mid_head=True))
+        verdict = await f.check("user_may_invite", Kind.GATE, invite(2))
+    finally:
+        await f.close()
+    assert verdict.failure is Failure.CONNECT, verdict
+    assert len(antispam.requests) == 2
+    assert len({r.connection_id for r in antispam.requests}) == 1  # the pooled one
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_refused_is_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="synapse_http_antispam")
+    verdict = await check(f"http://127.0.0.1:{free_port()}")
+    assert verdict.failure is Failure.CONNECT, verdict
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
 
 # ---- the request: compact JSON, byte for byte ------------------------------------------------
