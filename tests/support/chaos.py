@@ -96,10 +96,9 @@ class ChaosServer:
             # not): dropped unanswered, as a restarted server's old connections are.
             if self.down or server is not self._server:
                 return Behaviour(close_before_response=True)
-        if request.callback == "ping":
-            body = request.json if isinstance(request.json, dict) else {}
-            return Behaviour(body={"id": body.get("id"), "status": "ok"})
-        with self._lock:
+            if request.callback == "ping":
+                body = request.json if isinstance(request.json, dict) else {}
+                return Behaviour(body={"id": body.get("id"), "status": "ok"})
             if self.healthy:
                 kind = "allow"
             else:
