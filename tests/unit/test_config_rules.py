@@ -27,6 +27,7 @@ from synapse_http_antispam.config import (
     parse_config,
 )
 from synapse_http_antispam.synapse_compat import ConfigError
+from tests.support.examples import examples
 
 URL = "http://127.0.0.1:8080"
 BASE = {"base_url": URL}
@@ -737,13 +738,13 @@ def parses_or_names(key: str, raw: Any) -> None:
 
 
 # One test drawing the key (pytest-twisted's wrapper does not survive parametrize + given).
-@settings(max_examples=1500)
+@settings(max_examples=examples(1500))
 @given(key=st.sampled_from(KEYS), value=YAML_VALUES)
 def test_any_yaml_value_of_any_key_is_a_config_or_an_error_naming_it(key: str, value: Any) -> None:
     parses_or_names(key, {**BASE, key: value})
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     scheme=st.sampled_from(["http://", "https://", "HTTP://", ""]),
     rest=st.text(st.characters(codec="utf-8"))
@@ -753,7 +754,7 @@ def test_any_base_url_is_a_config_or_an_error_naming_it(scheme: str, rest: str) 
     parses_or_names("base_url", {"base_url": scheme + rest})
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(
     key=st.sampled_from(["async", "fail_open", "timeouts", "circuit_breaker", "skip"]),
     value=st.dictionaries(_NAMES_AND_KEYS, YAML_VALUES, max_size=3),

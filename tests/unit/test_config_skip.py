@@ -21,6 +21,7 @@ from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.policy import field_paths, first_match
 from synapse_http_antispam.synapse_compat import ConfigError
 from tests.support.antispam_server import AntispamServer, reject
+from tests.support.examples import examples
 from tests.unit.test_config_rules import YAML_VALUES, parses_or_names
 
 URL = "http://127.0.0.1:8080"
@@ -487,7 +488,7 @@ _PATHS = st.sampled_from(
 KEYS_TOO = st.none() | st.booleans() | st.integers() | st.text()
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     name=st.sampled_from(list(CALLBACKS)),
     written=st.lists(st.dictionaries(_PATHS | KEYS_TOO, YAML_VALUES, max_size=3), max_size=3)

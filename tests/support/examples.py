@@ -1,0 +1,25 @@
+"""How many examples a property test draws in this environment: all of them, or a share.
+
+The config properties check the package's own parsing, which is the same on every Synapse
+release line; drawn in full on each of the ten lines they were about a tenth of the test
+command's CPU. tox draws them in full on the newest line (and under mutation testing) and a
+fifth of them on the others (`PROPERTY_EXAMPLES_SHARE`, 1 outside tox), so every line still
+checks every property against its own Python and Twisted.
+"""
+
+from __future__ import annotations
+
+import os
+
+_RAW = os.environ.get("PROPERTY_EXAMPLES_SHARE", "1")
+try:
+    SHARE = float(_RAW)
+except ValueError:
+    raise ValueError(f"PROPERTY_EXAMPLES_SHARE: expected a number, got {_RAW!r}") from None
+if not 0 < SHARE <= 1:
+    raise ValueError(f"PROPERTY_EXAMPLES_SHARE: expected above 0 and at most 1, got {_RAW}")
+
+
+def examples(full: int) -> int:
+    """`full` examples scaled by this environment's share, never fewer than 10."""
+    return max(min(full, 10), round(full * SHARE))
