@@ -65,8 +65,11 @@ class Pinger:
             evidence = answers.from_antispam_server(answer)
             if evidence:
                 self._endpoints.saw_server()
-            elif outcome == "not_implemented":
-                self._endpoints.lost()  # a proxy's page where the server was: it went away
+            else:
+                # Something else answers where the server was (a proxy's 404 or 502 while it
+                # restarts): what the server said of its endpoints is forgotten, so that a
+                # restarted (perhaps upgraded) server is asked for every callback again.
+                self._endpoints.lost()
         except CallFailed as e:
             status, outcome = e.status, e.failure.value
         except CancelledError:

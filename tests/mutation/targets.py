@@ -116,6 +116,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "pinger": (
         "test_pinger.py",
         "test_health.py",
+        "test_fail_closed.py",
         "test_forwarder.py",
         "test_deadlines.py",
         "test_hardening.py",

@@ -10,16 +10,18 @@ from __future__ import annotations
 import pytest
 
 from synapse_http_antispam.answers import (
+    DETAIL_CHARS,
     body_needed,
     classify,
     detail,
     from_antispam_server,
     json_object,
     no_endpoint,
+    one_line,
     ping_outcome,
 )
 from synapse_http_antispam.catalogue import Kind
-from synapse_http_antispam.verdict import ALLOW, CallFailed, Failure
+from synapse_http_antispam.verdict import ALLOW, CallFailed, Failure, Outcome
 from synapse_http_antispam.wire import Answer
 
 JSON = "application/json; charset=utf-8"
@@ -158,8 +160,24 @@ def test_a_3xx_is_not_an_answer() -> None:
 def test_only_a_registration_can_ask_for_a_shadow_ban() -> None:
     answer = Answer(200, b'{"shadow_ban": true}', True, JSON)
     assert classify(Kind.GATE, answer) == ALLOW
-    assert classify(Kind.REGISTRATION, answer).shadow_ban
+    verdict = classify(Kind.REGISTRATION, answer)
+    assert (verdict.outcome, verdict.shadow_ban) == (Outcome.ALLOWED, True)
     assert not classify(Kind.REGISTRATION, Answer(200, b'{"shadow_ban": true}', False)).shadow_ban
+
+
+@pytest.mark.parametrize(
+    "body", [b"{}", b'{"shadow_ban": false}', b'{"shadow_ban": "true"}', b'{"shadow_ban": 1}']
+)
+def test_a_registration_is_shadow_banned_only_when_asked_with_true(body: bytes) -> None:
+    """Meowlnir and Draupnir answer a registration they allow with `{}`: a plain allow."""
+    assert classify(Kind.REGISTRATION, Answer(200, body, True, JSON)) == ALLOW
+
+
+def test_one_line_reads_at_most_four_times_what_it_keeps() -> None:
+    """A 64 KiB header is not walked whole: past 4 x DETAIL_CHARS nothing is read, even where
+    everything before it was whitespace that the line drops."""
+    assert one_line(" " * (4 * DETAIL_CHARS - 1) + "x") == "x"
+    assert one_line(" " * (4 * DETAIL_CHARS) + "x") == ""
 
 
 @pytest.mark.parametrize(

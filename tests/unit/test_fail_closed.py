@@ -21,7 +21,7 @@ from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.reuse import Reuse, Shared
 from synapse_http_antispam.verdict import ALLOW, Failure, Outcome, Verdict
-from tests.support.antispam_server import AntispamServer, Behaviour, allow
+from tests.support.antispam_server import AntispamServer, Behaviour, allow, reject
 from tests.support.hostile import TwistedErrors, assert_quiet, twisted_errors
 from tests.support.raw_server import CLOSE, HOLD, RawServer
 from tests.support.waiting import sleep
@@ -33,6 +33,8 @@ INVITE = {"inviter": "@a:x", "invitee": "@b:x", "room_id": "!r:x"}
 PROXY_404 = Behaviour(
     status=404, body=b"404 page not found\n", headers={"Content-Type": "text/plain"}
 )
+# And while the container behind it is down but still routed.
+PROXY_502 = Behaviour(status=502, body=b"Bad Gateway", headers={"Content-Type": "text/plain"})
 
 
 def make(url: str, **extra: Any) -> Forwarder:
@@ -181,17 +183,30 @@ def test_a_waiter_giving_up_while_the_answer_is_handed_out_is_no_error() -> None
     assert isinstance(results[0], tuple) and results[0][1] is None
 
 
+@pytest.mark.parametrize(
+    "ping_answer, outcome, forgotten",
+    [
+        (PROXY_404, "not_implemented", True),
+        (PROXY_502, "http_status", True),
+        # The server itself, in trouble: what it said of its endpoints still stands.
+        (reject("M_UNKNOWN", "database is down", 500), "http_status", False),
+    ],
+    ids=["proxy-404", "proxy-502", "the-servers-own-500"],
+)
 @pytest_twisted.ensureDeferred
-async def test_a_ping_answered_by_a_proxys_404_drops_what_the_server_said(
-    server: AntispamServer, fwd: Forwarder
+async def test_a_ping_answered_by_a_proxy_drops_what_the_server_said(
+    server: AntispamServer, fwd: Forwarder, ping_answer: Behaviour, outcome: str, forgotten: bool
 ) -> None:
-    """The health ping (or any ping) meeting the proxy's page where the server was: the
-    callbacks it said it has no endpoint for are asked again once it is back."""
+    """The health ping (or any ping) meeting a proxy's page where the server was (its 404, or
+    its 502 while the server restarts): the callbacks the server said it has no endpoint for
+    are asked again once it is back (found by mutation: only the 404 did it, though the docs
+    said any page that is not the server's)."""
     server.set("user_may_publish_room", PROXY_404)
     assert (await ask(fwd, "user_may_publish_room")).outcome is Outcome.NOT_IMPLEMENTED
-    server.set(None, PROXY_404)
-    assert (await fwd.ping_once()).outcome == "not_implemented"
-    assert not fwd.known_unimplemented("user_may_publish_room")
+    assert fwd.known_unimplemented("user_may_publish_room")
+    server.set(None, ping_answer)
+    assert (await fwd.ping_once()).outcome == outcome
+    assert fwd.known_unimplemented("user_may_publish_room") is not forgotten
 
 
 @pytest.mark.parametrize("version", [b"HTP/1.1", b"RTSP/1.0", b"SIP/2.0", b"ICY"])

@@ -345,6 +345,20 @@ def test_one_waiter_giving_up_does_not_cancel_the_call_for_the_others() -> None:
         d.addErrback(lambda _: None)
 
 
+def test_a_waiter_cancelled_during_the_handout_leaves_the_next_ones_answered() -> None:
+    """Handing the answer to one caller may run code that cancels another's check (Synapse
+    giving up on a request): the callers after that one still get the answer, not a hang."""
+    clock, calls = task.Clock(), Calls()
+    reuse = Reuse(clock)
+    first, second, third = ask(reuse, calls), ask(reuse, calls), ask(reuse, calls)
+    first.addCallback(lambda r: (second.cancel(), r)[1])
+    second.addErrback(lambda f: f.trap(CancelledError))
+    answer = shared(seconds=0)
+    calls.pending[0].callback(answer)
+    assert first.result == (answer, None)
+    assert third.result == (answer, COALESCED)
+
+
 def test_the_call_is_cancelled_when_every_waiter_has_gone() -> None:
     clock, calls = task.Clock(), Calls()
     reuse = Reuse(clock)
