@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import check_survivors
 from targets import (
@@ -40,6 +43,7 @@ from targets import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+_LOCK: TextIO | None = None  # one_run_at_a_time's lock file
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@", re.MULTILINE)
 
 
@@ -117,6 +121,22 @@ def configure(modules: Iterable[str]) -> None:
     cfg.pytest_add_cli_args_test_selection = test_paths(modules)
 
 
+def one_run_at_a_time() -> None:
+    """Waits for any other mutation run on this machine (any checkout) to end, then holds the
+    lock until this process exits. Runs side by side put more than one test process on each
+    core, and the unit tests' sub-second deadlines then fail with no mutant to blame (a
+    connection taken as closed, a timeout taken as a connect failure): such a failure passes for
+    a kill, and a listed mutant "killed" so fails the survivor check."""
+    path = Path(tempfile.gettempdir()) / "synapse-http-antispam-mutation.lock"
+    global _LOCK
+    _LOCK = lock = open(path, "w")  # kept open, and so held, until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"Another mutation run holds {path}: waiting for it to end.", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="tox -e mutation --",
@@ -152,6 +172,7 @@ def main(argv: Sequence[str]) -> int:
     if unmapped:
         parser.error(f"not a mutant of a module in tests/mutation/targets.py: {unmapped}")
 
+    one_run_at_a_time()
     os.chdir(ROOT)  # mutmut reads and writes relative to the working directory
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     configure(modules)

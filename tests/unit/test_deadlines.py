@@ -185,6 +185,21 @@ def test_a_connect_attempt_is_given_the_longest_deadline(
     d.addErrback(lambda _: None)
 
 
+def test_a_host_names_connect_attempts_are_given_the_longest_deadline_too(
+    clock: MemoryReactorClock,
+) -> None:
+    """A name in base_url goes through HostnameEndpoint, which passes its own timeout to each
+    address it tries: the same longest deadline, not Twisted's default of 30 s."""
+    config = {"timeout": 3, "timeouts": {"check_media_file_for_spam": 2, "user_may_invite": 7}}
+    f = Forwarder(parse_config({"base_url": "http://localhost:9", **config}), reactor=clock)
+    d = start(f, "user_may_invite")
+    clock.advance(0)
+    assert clock.tcpClients, "no connect attempt"
+    assert {(port, timeout) for (_, port, _, timeout, _) in clock.tcpClients} == {(9, 7.0)}
+    d.cancel()
+    d.addErrback(lambda _: None)
+
+
 def test_a_refused_connection_to_an_address_fails_the_call_at_once(
     clock: MemoryReactorClock,
 ) -> None:
