@@ -84,8 +84,11 @@ class Forwarder:
             base_url=config.base_url,
             headers={**_headers(config, user_agent, instance), **(extra_headers or {})},
             max_connections=config.max_concurrency,
-            # The per-call deadline is the real bound; never cut a connect attempt shorter.
-            connect_timeout=max(config.timeout_for(name) for name in CALLBACKS),
+            # The per-call deadline is the real bound. A connect attempt is given a second more
+            # than the longest one, so that its own timeout never fires first: equal, a stalled
+            # reactor ran both timers in the order they were set, and a slow connect was a
+            # `connect` failure instead of the call's timeout.
+            connect_timeout=max(config.timeout_for(name) for name in CALLBACKS) + 1.0,
             max_response_bytes=config.max_response_bytes,
             ca_file=config.ca_file,
             log=self.log,

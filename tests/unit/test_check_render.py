@@ -574,3 +574,22 @@ def test_the_colours_of_a_known_report() -> None:
     coloured = render_text(report, colour=True)
     assert _tags(coloured) == KNOWN_COLOURED.format(version=__version__)
     assert re.sub(r"\x1b\[\d+m", "", coloured) == render_text(report)
+
+
+def test_only_a_failed_ping_is_red() -> None:
+    """In a terminal the ping line is red when the ping failed, plain when it was answered."""
+    texts = {}
+    for outcome, status in (("ok", 200), ("connect", None)):
+        instance = known_instance(
+            0, {"base_url": "http://a.example"}, ping_of(outcome, status, 0.004), {}
+        )
+        report = Report(files=["/etc/synapse/homeserver.yaml"], instances=[instance])
+        report.entries = [instance.entry]
+        [line] = [
+            x for x in _tags(render_text(report, colour=True)).splitlines() if x.startswith("ping")
+        ]
+        texts[outcome] = line
+    assert texts == {
+        "ok": "ping      ok (4 ms)",
+        "connect": "ping      <red>FAILED: could not connect (4 ms)</>",
+    }
