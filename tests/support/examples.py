@@ -1,8 +1,8 @@
 """How many examples a property test draws in this environment: all of them, or a share.
 
 The config properties check the package's own parsing, which is the same on every Synapse
-release line; drawn in full on each of the ten lines they were about a tenth of the test
-command's CPU. tox draws them in full on the newest line (and under mutation testing) and a
+release line; drawn in full they took 10 to 13 s of CPU in each of the ten lines' environments
+(about 7 % of each). tox draws them in full on the newest line (and under mutation testing) and a
 fifth of them on the others (`PROPERTY_EXAMPLES_SHARE`, 1 outside tox), so every line still
 checks every property against its own Python and Twisted.
 """

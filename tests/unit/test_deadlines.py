@@ -192,8 +192,8 @@ def test_a_host_names_connect_attempts_are_given_the_same_connect_timeout(
 ) -> None:
     """A name in base_url goes through HostnameEndpoint, which passes its own timeout to each
     address it tries: the same second past the longest deadline, not Twisted's 30 s."""
-    config = {"timeout": 3, "timeouts": {"check_media_file_for_spam": 2, "user_may_invite": 7}}
-    f = Forwarder(parse_config({"base_url": "http://localhost:9", **config}), reactor=clock)
+    timeouts = {"check_media_file_for_spam": 2, "user_may_invite": 7}
+    f = forwarder(clock, base_url="http://localhost:9", timeout=3, timeouts=timeouts)
     d = start(f, "user_may_invite")
     clock.advance(0)
     assert clock.tcpClients, "no connect attempt"
