@@ -23,6 +23,9 @@ and a record of why it was killed. Outside mutmut (`MUTANT_UNDER_TEST` unset) th
   given its function's own signature back: otherwise every mutant of
   `LegacyHTTPAntispam.__init__`, and mutmut's first pass over the tests, fail for mutmut's
   doing, not the mutant's.
+* Each child mutmut's fork server forks gets a reactor epoll set and waker of its own
+  (tests/support/forking.py): shared, one child's hang-ups closed the other's connections and
+  its wake-ups went astray, and the failures passed for kills.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from typing import IO, Any, Optional
 import pytest
 
 from tests.mutation.targets import PACKAGE, TESTS, module_of
+from tests.support import forking
 
 KILLS = "mutmut-kills"
 _log: Optional[IO[str]] = None
+forking.install()  # mutmut's fork server imports this when it collects, before it forks
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,58 @@
+"""A process forked after Twisted's reactor was made gets kernel state of its own: an epoll set
+and a waker pipe that no sibling shares.
+
+mutmut's fork server collects the tests once (which installs the reactor: pytest-twisted does
+it at configure time) and then forks a child per mutant, two at a time. Without this, every
+child polls the one epoll set the fork server made, whose entries are keyed by fd number: an
+event on one child's fd 6 (a pipe's hang-up, a reset) is handed to whichever child polls
+first, and a child holding its own fd 6 open takes it for its own ("Connection was closed
+cleanly" a third of a second into a test that expects a timeout). The shared waker pipe is
+worse: a sibling can drain the byte a thread wrote to wake this child's reactor, which then
+sleeps until its next timer, or until mutmut's wall-clock limit. Both passed for kills, and the
+mutants so "killed" survived when tried again alone.
+
+`install()` registers the repair to run in every child forked from this process; nothing is
+shared on a plain pytest run (pytest-xdist starts its workers as new processes).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from typing import Any
+
+_installed = False
+
+
+def install() -> None:
+    """Run `reactor_of_its_own` in every child this process forks from now on (once)."""
+    global _installed
+    if not _installed:
+        os.register_at_fork(after_in_child=reactor_of_its_own)
+        _installed = True
+
+
+def reactor_of_its_own() -> None:
+    """Give the installed reactor (if any) a fresh epoll set holding what it watched, and a
+    fresh waker; the parent's are left to the parent."""
+    reactor: Any = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return
+    shared = getattr(reactor, "_poller", None)
+    if hasattr(select, "epoll") and isinstance(shared, select.epoll):
+        own = select.epoll()
+        for fd in reactor._selectables:
+            flags = (select.EPOLLIN if fd in reactor._reads else 0) | (
+                select.EPOLLOUT if fd in reactor._writes else 0
+            )
+            own.register(fd, flags)
+        reactor._poller = own
+        shared.close()  # this process's reference only: the set lives on in the parent
+    waker = reactor.waker
+    if waker is not None:
+        reactor.removeReader(waker)  # from this process's own set, made above
+        reactor._internalReaders.discard(waker)
+        waker.connectionLost(None)  # closes this process's ends of the shared pipe
+        reactor.waker = None
+        reactor.installWaker()
