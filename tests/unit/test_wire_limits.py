@@ -30,6 +30,7 @@ from twisted.web._newclient import HTTPParser
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
+from synapse_http_antispam.synapse_compat import ConfigError
 from synapse_http_antispam.verdict import CallFailed, Failure, Outcome, Verdict
 from synapse_http_antispam.wire import MAX_HEADER_BYTES, MAX_HEADER_LINES, Wire, encode
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port
@@ -138,14 +139,30 @@ UNSIZED: dict[str, Callable[[bytes], list[Step]]] = {
     "until-close": lambda body: [UNTIL_CLOSE_403 + body, CLOSE],
     "chunked": lambda body: [CHUNKED_403 + chunked(body), CLOSE],
 }
+FRAMINGS: dict[str, Callable[[bytes], list[Step]]] = {
+    **UNSIZED,
+    # Announced: a body declared at the cap is read, one declared a byte longer not at all.
+    "content-length": lambda body: [
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        CLOSE,
+    ],
+    # Read in two pieces, a pause apart, cut inside the errcode: the rejection is put together
+    # from both as sent.
+    "in-two-pieces": lambda body: [
+        UNTIL_CLOSE_403 + body[: body.index(b"FORBIDDEN")],
+        Pause(0.2),
+        body[body.index(b"FORBIDDEN") :],
+        CLOSE,
+    ],
+}
 
 
-@pytest.mark.parametrize("framing", list(UNSIZED))
+@pytest.mark.parametrize("framing", list(FRAMINGS))
 @pytest_twisted.ensureDeferred
 async def test_a_rejection_of_exactly_max_response_bytes_rejects_one_byte_more_is_too_large(
     framing: str,
 ) -> None:
-    script = UNSIZED[framing]
+    script = FRAMINGS[framing]
     at_cap = await answered(script(rejection_of_size(BODY_CAP)), max_response_bytes=BODY_CAP)
     assert at_cap.outcome is Outcome.REJECTED, at_cap
     assert at_cap.errcode == "M_FORBIDDEN" and at_cap.message == "no"
@@ -443,6 +460,16 @@ async def test_a_trusted_certificate_for_another_host_is_a_tls_failure(tmp_path:
         verdict = await check(server.url("https"), ca_file=ca_file)
     assert verdict.outcome is Outcome.FAILED_CLOSED, verdict
     assert verdict.failure is Failure.TLS, verdict
+
+
+def test_a_ca_file_without_a_certificate_stops_startup_saying_what_it_lacks(
+    tmp_path: Path,
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"base_url": "https://127.0.0.1:1", "ca_file": str(ca_file)})
+    assert "holds no PEM certificate (-----BEGIN CERTIFICATE-----)" in str(raised.value)
 
 
 @dataclass(frozen=True)
