@@ -71,7 +71,9 @@ class Pinger:
                 # restarted (perhaps upgraded) server is asked for every callback again.
                 self._endpoints.lost()
         except CallFailed as e:
-            status, outcome = e.status, e.failure.value
+            # A connect or TLS failure carries the socket's or the TLS library's words, as a
+            # callback's does: `check` and the health line show why nothing answered.
+            status, outcome, detail = e.status, e.failure.value, e.detail
         except CancelledError:
             raise
         except Exception:  # a bug here: callers loop on the ping, so it must return

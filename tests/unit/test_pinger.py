@@ -235,13 +235,16 @@ async def test_one_ping_sends_a_fresh_id_of_8_letters_and_reports_it(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_ping_nobody_answers_has_no_status_and_no_detail() -> None:
+async def test_a_ping_nobody_answers_has_no_status_and_the_sockets_words() -> None:
+    """As a callback's failure does (test_failure_details.py): `check` and the health line
+    show why nothing answered, not only that nothing did."""
     f = forwarder(f"http://127.0.0.1:{free_port()}")
     try:
         result = await f.ping_once(timeout=5)
     finally:
         await f.close()
-    assert (result.outcome, result.http_status, result.detail) == ("connect", None, "")
+    assert (result.outcome, result.http_status) == ("connect", None)
+    assert "Connection refused" in result.detail, result.detail
     assert not result.reachable
 
 
