@@ -166,7 +166,8 @@ def _answer(name: str, config: Config, verdict: Verdict) -> tuple[str, str]:
     status = f" ({http(verdict.http_status)})" if verdict.http_status is not None else ""
     outcome = verdict.outcome
     if outcome is Outcome.ALLOWED:
-        return "allow", "allow"
+        # A registration's 200 may ask for a shadow-ban: the account is made, and muted.
+        return "allow", "allow, shadow-ban" if verdict.shadow_ban else "allow"
     if outcome is Outcome.REJECTED:
         message = f' "{short(verdict.message)}"' if verdict.message else ""
         return "reject", f"reject {verdict.errcode}{message}{status}"

@@ -154,6 +154,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     # nothing mutmut can see, and are not needed to judge it).
     "check": (
         "test_check.py",
+        "test_check_probe.py",
         "test_check_servers.py",
         "test_check_cli.py",
         "test_check_render.py",
