@@ -47,7 +47,8 @@ _CONFIG = (
 TESTS: dict[str, tuple[str, ...]] = {
     "answers": ("test_answers.py", "test_endpoints.py", "test_pinger.py", *_CALL),
     # The catalogue's builders run at import (see equivalent.toml); its payload builders and
-    # names are held by what the doors register and what the server receives.
+    # names are held by what the doors register and what the server receives;
+    # test_config_origin.py: what makes a call local (each callback's `is_local`).
     "catalogue": (
         "test_payloads.py",
         "test_registration.py",
@@ -55,6 +56,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_docs.py",
         "test_version_layer.py",
         "test_version_values.py",
+        "test_config_origin.py",
     ),
     "background": (
         "test_decision_path.py",
@@ -124,12 +126,14 @@ TESTS: dict[str, tuple[str, ...]] = {
     "policy": ("test_config_skip.py", "test_config_origin.py"),
     "reuse": ("test_reuse.py",),
     "sending": ("test_breaker_story.py", "test_several_instances.py", *_CALL),
+    # test_config_origin.py: this homeserver's name, where each release shows it.
     "synapse_compat": (
         "test_version_layer.py",
         "test_version_values.py",
         "test_doors.py",
         "test_registration.py",
         "test_report_only.py",
+        "test_config_origin.py",
     ),
     "values": _CONFIG,
     "verdict": (

@@ -350,6 +350,10 @@ def test_entries_for_one_server_word_for_word() -> None:
     assert doubled(
         [(a, "http://a", invites), (b, "http://b", invites), (c, "http://a", invites)]
     ) == [twice]
+    # Every callback both send is named, in order, comma-separated.
+    rooms = frozenset({"user_may_invite", "user_may_create_room", "user_may_join_room"})
+    [several] = doubled([(a, "http://a", rooms), (c, "http://a", rooms - {"user_may_join_room"})])
+    assert "both send user_may_create_room, user_may_invite, so each" in several
     both_doors = (
         "the module is configured twice for http://a, under both `modules:` and "
         "`spam_checker:`: modules.<item 0> (synapse_http_antispam.HTTPAntispam) and "
