@@ -133,7 +133,8 @@ def wholly_judged(found: dict[str, tuple[str, str]], chosen: set[str]) -> set[st
     """Functions (and modules, and classes) every mutant of which this run tried.
 
     Only there can an entry be found to match no mutant: a run of some mutants of a function
-    (one tried again by name) says nothing about the entries for its others.
+    (one tried again by name), or one stopped before it reached them all, says nothing about
+    the entries for its others.
     """
 
     def scopes(name: str) -> set[str]:
@@ -141,7 +142,9 @@ def wholly_judged(found: dict[str, tuple[str, str]], chosen: set[str]) -> set[st
         parts = function.split(".")
         return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
 
-    left_out = set().union(*(scopes(n) for n in found if n not in chosen))
+    left_out = set().union(
+        *(scopes(n) for n in found if n not in chosen or found[n][0] == "not checked")
+    )
     return set().union(*(scopes(n) for n in chosen)) - left_out
 
 

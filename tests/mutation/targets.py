@@ -85,8 +85,10 @@ TESTS: dict[str, tuple[str, ...]] = {
         "test_token_rotation.py",
     ),
     "endpoints": ("test_endpoints.py", "test_pinger.py", "test_several_instances.py", *_CALL),
+    # test_token_rotation.py: the door hands a rotated token to the forwarder (use_token).
     "forwarder": (
         *_CALL,
+        "test_token_rotation.py",
         "test_reuse.py",
         "test_report_only.py",
         "test_several_instances.py",

@@ -149,3 +149,24 @@ async def test_a_rotated_token_is_masked_too(
         await f.close()
     [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "'M_UNKNOWN_TOKEN: neither <token> nor <token>'" in line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_rotated_out_twice_is_forgotten(
+    server: AntispamServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The module keeps the token it sends and the one before it, no more: a token rotated
+    out twice can be on no request of its, is not held in memory, and so is not masked."""
+    caplog.set_level(logging.WARNING, "synapse_http_antispam")
+    body = {"errcode": "M_UNKNOWN_TOKEN", "error": "not first-secret, mid-secret, new-secret"}
+    server.set("user_may_invite", Behaviour(status=401, body=json.dumps(body).encode()))
+    config = {"base_url": server.base_url, "timeout": 1.0, "authorization": "first-secret"}
+    f = Forwarder(parse_config(config))
+    try:
+        f.use_token("mid-secret")
+        f.use_token("new-secret")
+        await f.check("user_may_invite", Kind.GATE, INVITE)
+    finally:
+        await f.close()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'M_UNKNOWN_TOKEN: not first-secret, <token>, <token>'" in line

@@ -326,18 +326,23 @@ class UnreadableFile:
         raise OSError("media store unreachable")
 
 
-@pytest.mark.parametrize("report_only", [True, False], ids=["report-only", "enforced"])
+@pytest.mark.parametrize(
+    "report_only, fail_open",
+    [(True, False), (False, False), (False, True)],
+    ids=["report-only", "enforced", "enforced-fail-open"],
+)
 @pytest_twisted.ensureDeferred
 async def test_a_request_that_cannot_be_built_is_allowed_under_report_only(
-    server: AntispamServer, report_only: bool
+    server: AntispamServer, report_only: bool, fail_open: bool
 ) -> None:
     """Fail-closed media that cannot be read is refused, except under report_only, where
-    nothing the module meets may refuse the upload (the server is never asked either way).
-    Through the legacy door, which every Synapse release tested has."""
+    nothing the module meets may refuse the upload (the server is never asked either way);
+    fail-open media is allowed, as for any failure. Through the legacy door, which every
+    Synapse release tested has."""
     name = "check_media_file_for_spam"
     config = {
         "base_url": server.base_url,
-        "fail_open": {name: False},
+        "fail_open": {name: fail_open},
         "media_content_max_bytes": 1024,  # the bytes are read to be sent
         "report_only": [name] if report_only else [],
     }
@@ -345,7 +350,7 @@ async def test_a_request_that_cannot_be_built_is_allowed_under_report_only(
     from tests.unit.test_doors import FakeFileInfo
 
     value = await checker.check_media_file_for_spam(UnreadableFile(), FakeFileInfo())  # type: ignore[attr-defined]
-    if report_only:
+    if report_only or fail_open:
         assert is_allow(name, value), value
     else:
         assert is_deny(name, value), value

@@ -469,7 +469,8 @@ def test_a_ca_file_without_a_certificate_stops_startup_saying_what_it_lacks(
     ca_file.write_text("not a certificate\n")
     with pytest.raises(ConfigError) as raised:
         parse_config({"base_url": "https://127.0.0.1:1", "ca_file": str(ca_file)})
-    assert "holds no PEM certificate (-----BEGIN CERTIFICATE-----)" in str(raised.value)
+    words = f"ca_file: {str(ca_file)!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    assert words in str(raised.value)
 
 
 @dataclass(frozen=True)
