@@ -119,6 +119,7 @@ def test_what_makes_a_call_local() -> None:
     assert invite({"inviter": "@a:here.org"}, "here.org")
     assert not invite({"inviter": "@a:there"}, "here.org")
     assert not invite({"inviter": None}, "here.org")
+    assert not invite({"inviter": "a:here.org"}, "here.org")  # not a user ID: no "@"
     # An upload has no server_name; media fetched from elsewhere, or a URL preview, is remote.
     assert media({"file_info": {"server_name": None, "url_cache": False}}, "here.org")
     assert media({"file_info": {"server_name": "here.org"}}, "here.org")
@@ -146,6 +147,11 @@ def test_the_server_name_is_sniffed_not_guessed() -> None:
     assert homeserver_name(_OldApi()) == "old.example"
     assert homeserver_name(None) is None
     assert homeserver_name(object()) is None
+    # Only a non-empty string is a name: a test double's attribute, or an empty one, is not.
+    for odd in (object(), ""):
+        api = _NewApi()
+        api.server_name = odd  # type: ignore[assignment]
+        assert homeserver_name(api) == "old.example"
 
 
 def test_the_installed_synapses_module_api_gives_its_server_name() -> None:
