@@ -6,8 +6,8 @@ release line; drawn in full they took 10 to 13 s of CPU in each of the ten lines
 (about 7 % of each). tox draws them in full on the newest line (and under mutation testing) and a
 fifth of them on the others (`PROPERTY_EXAMPLES_SHARE`, 1 outside tox), so every line still
 checks every property against its own Python and Twisted. The same holds for cases that differ
-only in the package's own words (which message a bad config gets): every case where the share
-is whole, the case the release has a part in elsewhere (`every_case`).
+only in the package's own words (which message a bad config gets): every case runs where the
+share is whole, one of them elsewhere (`every_case`).
 """
 
 from __future__ import annotations
