@@ -173,11 +173,13 @@ async def test_without_a_ping_answer_every_callback_goes_out_at_once(
     # Without Synapse every callback counts as registered: all of them go out.
     monkeypatch.setattr("synapse_http_antispam.check.run.synapse_info", lambda: None)
     server.set("ping", Behaviour(never_respond=True))
-    server.set(None, Behaviour(delay=0.3))  # well within half the timeout, twice it is not
+    # Slow is past half the timeout (1 s): one answer's 0.3 s is far from it on a loaded
+    # machine, while a call queued behind three others would pass it.
+    server.set(None, Behaviour(delay=0.3))
     config = {
         "base_url": server.base_url,
-        "timeout": 1,
-        "timeouts": {"check_media_file_for_spam": 1},  # (30 s by default)
+        "timeout": 2,
+        "timeouts": {"check_media_file_for_spam": 2},  # (30 s by default)
         "max_concurrency": 1,
         "circuit_breaker": {"failure_threshold": 1},
     }

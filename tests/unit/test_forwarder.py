@@ -524,9 +524,10 @@ async def test_hung_server_bounds_concurrency_and_fails_fast_beyond_the_queue(
         assert reasons.count(Failure.TIMEOUT) == 12
         # Never more than 4 at once; a waiter may inherit a slot freed by an expired call.
         assert observer.in_flight_most == 4 and observer.in_flight_now == 0
-        # The server's thread may read a request only after the call gave up on it (a loaded
-        # machine starves that thread); what was sent stays readable, so wait, then count.
-        await until(lambda: len(server.requests) >= 4)
+        # Twelve calls timed out waiting for an answer (none failed to connect or send), and
+        # the server saw no more than they: on a loaded machine its thread may not read a
+        # request before the call gives up and resets the connection, which drops what was
+        # unread (CI saw 0 even after waiting), so how few it saw says nothing of the module.
         assert len(server.requests) <= 12
         assert f.limiter.active == 0 and f.limiter.waiting == 0
     finally:
