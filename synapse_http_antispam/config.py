@@ -203,10 +203,8 @@ def _base_url(raw: Any) -> str:
 
 
 def _port_text(netloc: str) -> str:
-    """The port as written in `host:port`, `[v6]:port` or `user@host:port`, or ''."""
-    host = netloc.rpartition("@")[2]
-    _, bracket, after = host.rpartition("]")
-    return (after if bracket else host).partition(":")[2]
+    """The port as written in `host:port` or `[v6]:port`, or '' (credentials were refused)."""
+    return netloc.rpartition("]")[2].partition(":")[2]
 
 
 def _token(raw: Mapping[str, Any]) -> tuple[str | None, str | None]:

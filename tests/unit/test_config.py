@@ -106,6 +106,59 @@ def test_bad_values_name_the_key(raw: Any, key: str) -> None:
     assert f"{key}:" in error_for(raw)
 
 
+@pytest.mark.parametrize(
+    "value, seconds",
+    [(None, 15.0), (0, 0.0), (False, 0.0), (1, 1.0), (2.5, 2.5), (3600, 3600.0)],
+    ids=["default", "zero", "false", "one", "fraction", "an-hour"],
+)
+def test_health_interval_is_seconds_between_pings_or_off(value: Any, seconds: float) -> None:
+    raw = BASE if value is None else {**BASE, "health_interval": value}
+    assert parse_config(raw).health_interval == seconds
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        (True, "expected a number of seconds, or 0 to turn it off, got True"),
+        ("60", "expected a number of seconds, or 0 to turn it off, got '60'"),
+        (0.5, "must be 0 (off) or from 1 to 3600 seconds, got 0.5"),
+        (3600.5, "must be 0 (off) or from 1 to 3600 seconds, got 3600.5"),
+        (float("nan"), "must be 0 (off) or from 1 to 3600 seconds, got nan"),
+    ],
+)
+def test_a_health_interval_out_of_range_says_what_it_takes(value: Any, why: str) -> None:
+    message = error_for({**BASE, "health_interval": value})
+    assert message == f"synapse_http_antispam: health_interval: {why}"
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        # Five digits at most, leading zeros included: what urlsplit makes of more differs
+        # between Python releases.
+        ("http://h:000080", "the port must be a number from 1 to 65535, got '000080'"),
+        # A bracket after the port: the port is read after the last bracket, so none here.
+        (
+            "http://[::1]:80]",
+            "an IPv6 address cannot be used (::1): name the host instead, "
+            "for instance through /etc/hosts",
+        ),
+    ],
+)
+def test_a_base_url_port_is_read_as_written(url: str, why: str) -> None:
+    assert error_for({**BASE, "base_url": url}) == f"synapse_http_antispam: base_url: {why}"
+
+
+def test_a_token_file_is_kept_for_rotation_and_an_inline_token_has_none(tmp_path: Path) -> None:
+    """The file's path is what the module watches for a new token; an inline one has none."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    assert parse_config({**BASE, "authorization_path": str(token_file)}).token_path == str(
+        token_file
+    )
+    assert parse_config({**BASE, "authorization": "s3cret-token"}).token_path is None
+
+
 def test_authorization_path_is_read_and_stripped(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
