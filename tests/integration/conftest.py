@@ -47,7 +47,7 @@ def boot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSynapse]:
             pytest.skip("Synapse before 1.37 has no modules: section")
         workdir: Path = tmp_path_factory.mktemp(f"synapse-{door}")
         server = SynapseServer(
-            workdir, extra_config={**door_config(door, config), **(extra or {})}
+            workdir, extra_config={**door_config(door, config), **(extra or {})}, forked=True
         )
         started.append(server)
         return server.start()

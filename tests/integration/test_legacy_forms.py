@@ -24,7 +24,7 @@ from tests.support.synapse import SynapseServer
 @pytest.fixture
 def single_mapping(antispam: AntispamServer, tmp_path: Path) -> Iterator[SynapseServer]:
     legacy = {"module": DOORS["spam_checker"], "config": module_config(antispam.base_url)}
-    with SynapseServer(tmp_path, spam_checker=legacy) as synapse:
+    with SynapseServer(tmp_path, spam_checker=legacy, forked=True) as synapse:
         yield synapse
 
 

@@ -16,7 +16,6 @@ from tests.integration.conftest import (
     module_config,
 )
 from tests.support.antispam_server import AntispamServer, Behaviour, free_port, reject
-from tests.support.examples import every_case
 from tests.support.synapse import SynapseServer, metric
 
 DEADLINE = 1.0
@@ -104,11 +103,7 @@ def test_no_errors_logged_by_the_module_in_normal_operation(
     assert module_errors == []
 
 
-# What each mistake is told is the parser's own wording, checked in-process on every line
-# (test_config.py, test_config_rules.py); that Synapse stops and shows it is the release's part,
-# the same for every mistake. So every line boots one mistake in each door (the callback typo:
-# the config module's own example), and the newest line every mistake; each failed boot costs a
-# whole Synapse import, about 1.5 s of CPU.
+# Every mistake in each door, on every line: a failed boot is a fork (tests/support/zygote.py).
 BAD_CONFIGS = {
     "callback-typo": (
         {"base_url": "http://127.0.0.1:1", "enabled_callbacks": ["user_may_invtie"]},
@@ -121,7 +116,6 @@ BAD_CONFIGS = {
     ),
     "key-typo": ({"base_url": "http://127.0.0.1:1", "timeuot": 3}, "did you mean 'timeout'"),
 }
-ON_EVERY_LINE = "callback-typo"
 
 
 @pytest.mark.parametrize("door", ["modules", "spam_checker"])
@@ -131,10 +125,8 @@ def test_bad_config_stops_synapse_with_a_clear_error(
 ) -> None:
     if door == "modules" and not HAS_MODULES:
         pytest.skip("Synapse before 1.37 has no modules: section")
-    if mistake != ON_EVERY_LINE and not every_case():
-        pytest.skip(f"this line boots one mistake ({ON_EVERY_LINE}), the newest line every one")
     config, message = BAD_CONFIGS[mistake]
-    synapse = SynapseServer(tmp_path, extra_config=door_config(door, config))
+    synapse = SynapseServer(tmp_path, extra_config=door_config(door, config), forked=True)
     assert synapse.wait_exit() != 0
     log = synapse.log_text()
     assert message in log, log[-3000:]

@@ -1,13 +1,10 @@
-"""How much of the work that is the same on every release line this environment does: all of
-it, or a share.
+"""How many of the config property tests' examples this environment draws: all, or a share.
 
 The config properties check the package's own parsing, which is the same on every Synapse
 release line; drawn in full they took 10 to 13 s of CPU in each of the ten lines' environments
 (about 7 % of each). tox draws them in full on the newest line (and under mutation testing) and a
 fifth of them on the others (`PROPERTY_EXAMPLES_SHARE`, 1 outside tox), so every line still
-checks every property against its own Python and Twisted. The same holds for cases that differ
-only in the package's own words (which message a bad config gets): every case runs where the
-share is whole, one of them elsewhere (`every_case`).
+checks every property against its own Python and Twisted.
 """
 
 from __future__ import annotations
@@ -26,10 +23,3 @@ if not 0 < SHARE <= 1:
 def examples(full: int) -> int:
     """`full` examples scaled by this environment's share, never fewer than 10."""
     return max(min(full, 10), round(full * SHARE))
-
-
-def every_case() -> bool:
-    """Whether this environment runs every case of a list whose cases differ only in the
-    package's own behaviour (all examples drawn: the newest line, mutation testing, and any run
-    outside tox)."""
-    return SHARE == 1

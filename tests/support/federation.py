@@ -90,6 +90,7 @@ def federating_server(
         extra_config=config,
         extra_listeners=[listener],
         server_name=f"localhost:{federation_port}",
+        forked=True,
     )
 
 

@@ -47,9 +47,11 @@ def reactor_of_its_own() -> None:
                 select.EPOLLOUT if fd in reactor._writes else 0
             )
             own.register(fd, flags)
-        # Synapse's reactor metrics wrap the poller (how differs by release): the wrapper, and
-        # the tick metric it feeds, stay behind; no unit test reads that metric.
-        reactor._poller = own
+        # The new set takes the old one's fd number, so that whatever holds the poller keeps
+        # working unchanged: Synapse's reactor metrics wrap it (how differs by release) and
+        # time every poll. This process's reference to the shared set is dropped by the dup2.
+        os.dup2(own.fileno(), poller.fileno(), inheritable=False)
+        own.close()
     elif hasattr(poller, "fileno"):
         return  # a kernel set of another kind: never change one the parent still polls
     waker = reactor.waker

@@ -1,15 +1,12 @@
-"""Children forked after the reactor was made (mutmut's fork server does) do not share its
-epoll set or its waker: tests/support/forking.py, which tests/unit/conftest.py installs."""
+"""Children forked after the reactor was made do not share its epoll set or its waker:
+tests/support/forking.py, which tests/unit/conftest.py installs for mutmut's fork server, and
+which every Synapse the integration tests fork runs first (tests/support/zygote.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-from tests.support.examples import every_case
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,10 +85,6 @@ def seen() -> dict[tuple[str, str], tuple[str, float]]:
 
 
 def test_a_forked_child_polls_its_own_set_and_is_woken_by_its_own_threads() -> None:
-    if not every_case():
-        # The repair serves `tox -e mutation` alone, which installs the newest line's pins and
-        # runs every case, as the newest line's environment does: there this test runs.
-        pytest.skip("the fork repair is for tox -e mutation, on the newest line's pins")
     at = seen()
     # Without the repair the sibling's hang-up ends the held connection as closed cleanly (the
     # scenario shows something); with it, only the reactor's stop ends it (ConnectionLost).
