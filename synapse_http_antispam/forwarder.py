@@ -112,7 +112,13 @@ class Forwarder:
         self._request_prefix = os.urandom(4).hex()
         self._request_count = 0
         self._pinger = Pinger(
-            self._sender, self.endpoints, reactor, self.url, self.log, config.timeout
+            self._sender,
+            self.endpoints,
+            reactor,
+            self.url,
+            self.log,
+            config.timeout,
+            lambda: self._tokens,
         )
         self.reuse = Reuse.configured(reactor, config, self.log)
         self.health = Health(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import string
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IDelayedCall
 import synapse_http_antispam.answers as answers
 from synapse_http_antispam.answers import PingResult
 from synapse_http_antispam.endpoints import Endpoints
+from synapse_http_antispam.log import masked
 from synapse_http_antispam.sending import Sender
 from synapse_http_antispam.verdict import CallFailed, Failure
 from synapse_http_antispam.wire import encode
@@ -39,8 +40,10 @@ class Pinger:
         url: str,
         log: logging.Logger | logging.LoggerAdapter[Any],
         timeout: float = 5.0,
+        secrets: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
         self._timeout = timeout  # the configured `timeout`: no ping waits longer
+        self._secrets = secrets  # the tokens sent, masked in the server's words
         self._sender = sender
         self._endpoints = endpoints
         self._reactor = reactor
@@ -135,11 +138,15 @@ class Pinger:
                 result.http_status,
             )
             return
+        # Why, as the health line says it: the socket's or TLS library's words, or the start
+        # of what answered (a proxy's error page), tokens masked.
+        why = [f"HTTP {result.http_status}"] if result.http_status is not None else []
+        why += [masked(result.detail, self._secrets())] if result.detail else []
         self._log.warning(
             "Ping to antispam server at %s failed: %s%s; retrying in %gs",
             self._url,
             result.outcome,
-            f" (HTTP {result.http_status})" if result.http_status is not None else "",
+            f" ({': '.join(why)})" if why else "",
             backoff,
         )
         self._schedule(backoff, min(backoff * 2, self.MAX_BACKOFF), ping)

@@ -46,9 +46,10 @@ class Scripted:
         return self.results.pop(0)
 
 
-def pinger(clock: Clock) -> Pinger:
+def pinger(clock: Clock, secrets: tuple[str, ...] = ()) -> Pinger:
     # The sender and the endpoint memory serve only ping_once, which these tests replace.
-    return Pinger(None, None, clock, URL, logging.getLogger(LOGGER))  # type: ignore[arg-type]
+    log = logging.getLogger(LOGGER)
+    return Pinger(None, None, clock, URL, log, 5.0, lambda: secrets)  # type: ignore[arg-type]
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
@@ -89,6 +90,29 @@ def test_failures_back_off_from_1_s_doubling_to_60_s(caplog: pytest.LogCaptureFi
     # 0.5.x's words: antispam servers' docs tell admins to look for this line.
     assert said[-1] == ("INFO", "Successfully pinged antispam server with request ID AbCdEfGh")
     assert len(said) == 10
+
+
+def test_a_failed_startup_ping_says_why_with_the_tokens_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cause: the socket's words, or the start of what answered (a server may echo the
+    token it was sent; the old token too, while a rotated one is still remembered)."""
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = Clock()
+    ping = Scripted(
+        clock,
+        PingResult("connect", "id", detail="Connection was refused by other side"),
+        PingResult("http_status", "id", 401, detail="unknown token new-s3cret (was old-s3cret)"),
+        PingResult("ok", "id"),
+    )
+    pinger(clock, ("new-s3cret", "old-s3cret")).start(ping)
+    run(clock, 10)
+    assert [text for _, text in lines(caplog)[:2]] == [
+        f"Ping to antispam server at {URL} failed: connect (Connection was refused by other "
+        "side); retrying in 1s",
+        f"Ping to antispam server at {URL} failed: http_status (HTTP 401: unknown token <token> "
+        "(was <token>)); retrying in 2s",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -292,7 +316,9 @@ async def test_the_startup_ping_names_the_server_it_cannot_reach(
         await until(lambda: any("Ping to" in r.getMessage() for r in caplog.records))
     await f.close()
     [first, *_] = [r.getMessage() for r in caplog.records if "Ping to" in r.getMessage()]
-    assert first == f"[{url}] Ping to antispam server at {url} failed: connect; retrying in 1s"
+    # With the socket's words: nothing listens there.
+    assert first.startswith(f"[{url}] Ping to antispam server at {url} failed: connect (")
+    assert "refused" in first and first.endswith("); retrying in 1s")
 
 
 # ---- the health ping: outside the limiter, by `timeout` at most ------------------------------
