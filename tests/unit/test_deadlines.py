@@ -252,3 +252,20 @@ def test_an_idle_connection_is_kept_for_a_minute(clock: MemoryReactorClock) -> N
     assert not transport.disconnecting
     clock.advance(0.001)
     assert transport.disconnecting, "still open after a minute idle"
+
+
+def test_a_body_stalled_past_the_deadline_is_a_timeout_and_its_connection_is_dropped(
+    clock: MemoryReactorClock,
+) -> None:
+    """The head came, then a tenth of the body, then nothing: at the deadline the call is a
+    timeout and the connection is dropped (its producer stopped), not left to the server, which
+    would otherwise hold it, and its place in the pool, for as long as it likes."""
+    f = forwarder(clock, timeout=1.0)
+    d = start(f, "user_may_invite")
+    protocol, transport = connect(clock, 0)
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{" + b" " * 9)
+    clock.advance(0.999)
+    assert not d.called and transport.producerState == "producing"
+    clock.advance(0.001)
+    assert d.called and d.result.failure is Failure.TIMEOUT
+    assert transport.producerState == "stopped", "the stalled connection was left open"
