@@ -47,6 +47,8 @@ from urllib.parse import quote, unquote
 from tests.support.antispam_server import AntispamServer, Behaviour, Recorded
 
 ALL_METHODS = ("GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
+# Meowlnir's answer (404, M_NOT_FOUND) for a management room it does not know: a wrong base_url.
+NO_POLICY_LIST = "Antispam configuration issue: policy list not found"
 
 
 @dataclass
@@ -563,8 +565,7 @@ class MeowlnirModel(_PeerModel):
         if room in self.management_rooms:
             return None
         request.violations.append(f"{room} is not a management room of this Meowlnir")
-        error = "Antispam configuration issue: policy list not found"
-        return self._error(404, "M_NOT_FOUND", error)
+        return self._error(404, "M_NOT_FOUND", NO_POLICY_LIST)
 
     def _cb_ping(self, request: PeerRequest, schema: _GoStruct, body: Any, room: str) -> Behaviour:
         # Does not look the management room up.

@@ -37,6 +37,7 @@ from tests.support.check import (
     subprocess_cli,
     write,
 )
+from tests.support.peers import NO_POLICY_LIST
 
 # ---- the antispam server, as the module talks to it -------------------------------------------
 
@@ -295,7 +296,7 @@ async def test_a_404_with_an_errcode_means_a_wrong_base_url(
     """Meowlnir's answer for a management room it does not know."""
     server.set(
         "user_may_invite",
-        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", 404),
+        reject("M_NOT_FOUND", NO_POLICY_LIST, 404),
     )
     config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
     report = await check(homeserver(tmp_path, config))

@@ -38,6 +38,7 @@ from tests.support.check import (
     statuses,
     write,
 )
+from tests.support.peers import NO_POLICY_LIST
 
 # ---- synthetic payloads ------------------------------------------------------------------------
 
@@ -350,7 +351,7 @@ async def test_a_json_404_ping_names_the_management_room(
     """Issue 18 item 7: not "error answer without a JSON object"."""
     server.set(
         "ping",
-        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", 404),
+        reject("M_NOT_FOUND", NO_POLICY_LIST, 404),
     )
     config = {"base_url": server.base_url, "enabled_callbacks": ["user_may_invite"]}
     report = await check(homeserver(tmp_path, config))

@@ -20,6 +20,7 @@ from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
 from synapse_http_antispam.verdict import Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, free_port, reject
+from tests.support.peers import NO_POLICY_LIST
 from tests.support.recorder import Recorder
 from tests.support.waiting import sleep, until
 
@@ -449,7 +450,7 @@ async def test_no_endpoint_from_an_endpoint_that_answered_before_is_a_glitch(
 @pytest.mark.parametrize(
     "behaviour",
     [
-        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", status=404),
+        reject("M_NOT_FOUND", NO_POLICY_LIST, status=404),
         reject("M_UNRECOGNIZED", "Unrecognized request", status=405),
     ],
     ids=["meowlnir-unknown-room-404", "405-with-errcode"],
@@ -477,7 +478,7 @@ async def test_a_404_with_an_errcode_to_ping_too_means_base_url_is_wrong(
     module is misconfigured. A failure under the policy, and one ERROR naming base_url."""
     server.set(
         None,
-        reject("M_NOT_FOUND", "Antispam configuration issue: policy list not found", status=404),
+        reject("M_NOT_FOUND", NO_POLICY_LIST, status=404),
     )
     with caplog.at_level(logging.WARNING):
         first, second = await check(fwd), await check(fwd)

@@ -23,7 +23,7 @@ from synapse_http_antispam.catalogue import CALLBACKS, Kind, PayloadOptions
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder, encode
 from synapse_http_antispam.verdict import Outcome
-from tests.support.peers import DraupnirModel, MeowlnirModel
+from tests.support.peers import NO_POLICY_LIST, DraupnirModel, MeowlnirModel
 
 MEOW_SECRET = "meow-secret"
 DRAUP_SECRET = "draupnir-secret"
@@ -403,7 +403,7 @@ def test_meowlnir_unknown_management_room_is_a_json_404(meow: MeowlnirModel) -> 
     reply = call(meow, "/_meowlnir/antispam/!other:x/user_may_invite", INVITE, token=MEOW_SECRET)
     assert (reply.status, reply.body) == (
         404,
-        go_error("M_NOT_FOUND", "Antispam configuration issue: policy list not found"),
+        go_error("M_NOT_FOUND", NO_POLICY_LIST),
     )
     assert meow.violations[-1].endswith("!other:x is not a management room of this Meowlnir")
 
