@@ -224,21 +224,24 @@ class Reuse:
         self,
         clock: Clock,
         *,
-        store: bool = True,
-        max_seconds: float = 300.0,
-        max_entries: int = 10_000,
-        max_bytes: int = 8 * 1024 * 1024,
-        log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        store: bool,
+        max_seconds: float,
+        max_entries: int,
+        max_bytes: int,
+        log: logging.Logger | logging.LoggerAdapter[Any],
     ) -> None:
+        """Every limit from the config (`configured`), whose defaults are the only ones."""
         self._clock = clock
         self.storing = store
         self.max_seconds = max_seconds
         self.store = Store(max_entries, max_bytes)
         self._flights: dict[bytes, _Flight] = {}
-        self._log = log or logging.getLogger(__name__)
+        self._log = log
 
     @classmethod
-    def configured(cls, clock: Clock, config: Config, log: Any = None) -> Reuse:
+    def configured(
+        cls, clock: Clock, config: Config, log: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> Reuse:
         return cls(
             clock,
             store=config.reuse_answers,

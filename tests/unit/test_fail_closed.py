@@ -171,7 +171,8 @@ def test_a_waiter_giving_up_while_the_answer_is_handed_out_is_no_error() -> None
     second (as Synapse may when one of two requests ends). No ValueError, no AlreadyCalled."""
     from twisted.internet.task import Clock
 
-    reuse = Reuse(Clock())
+    config = parse_config({"base_url": "http://127.0.0.1:1"})
+    reuse = Reuse.configured(Clock(), config, logging.getLogger("synapse_http_antispam.reuse"))
     call: defer.Deferred[Shared] = defer.Deferred()
     first = defer.ensureDeferred(reuse.answer("user_may_invite", b"{}", lambda: call))
     second = defer.ensureDeferred(reuse.answer("user_may_invite", b"{}", lambda: call))

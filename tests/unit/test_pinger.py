@@ -366,3 +366,27 @@ async def test_a_health_ping_nobody_answers_is_a_timeout(
             "as down until a ping is answered (every 15s)",
         )
     ]
+
+
+@pytest.mark.parametrize("ping", ["startup", "health"])
+@pytest_twisted.ensureDeferred
+async def test_a_ping_answer_echoing_the_token_is_logged_masked(
+    antispam: AntispamServer, caplog: pytest.LogCaptureFixture, ping: str
+) -> None:
+    """Both lines a failed ping leaves show the server's words, and a server may echo the
+    token it was sent: the forwarder hands both the tokens to mask."""
+    token = "s3cret-ping-token"
+    error = {"errcode": "M_UNKNOWN_TOKEN", "error": f"unknown token {token}"}
+    antispam.set("ping", Behaviour(status=401, body=error))
+    f = Forwarder(parse_config({"base_url": antispam.base_url, "authorization": token}))
+    try:
+        with caplog.at_level(logging.WARNING, logger="synapse_http_antispam"):
+            if ping == "startup":
+                f.start_ping()
+                await until(lambda: any("Ping to" in r.getMessage() for r in caplog.records))
+            else:
+                await f.health.check()
+    finally:
+        await f.close()
+    [line] = [r.getMessage() for r in caplog.records if "ing to" in r.getMessage()][:1]
+    assert "unknown token <token>" in line and token not in line, line

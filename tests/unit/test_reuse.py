@@ -271,6 +271,12 @@ def test_an_entry_expiring_now_goes_when_the_next_answer_is_stored() -> None:
 # ---- coalescing and the store, on a fake clock -----------------------------------------------
 
 
+def configured(clock: Any, log: str = "synapse_http_antispam.reuse", **config: Any) -> Reuse:
+    """The Reuse a Forwarder gets from this config: its defaults where a key is left out."""
+    raw = {"base_url": "http://127.0.0.1:1", **config}
+    return Reuse.configured(clock, parse_config(raw), logging.getLogger(log))
+
+
 class Calls:
     """A call whose answer the test gives: `pending[i].callback(shared)`."""
 
@@ -296,7 +302,7 @@ def ask(reuse: Reuse, calls: Calls, body: bytes = b"{}", **kw: Any) -> Deferred[
 
 def test_identical_calls_in_flight_share_one_call() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     first, second, other = ask(reuse, calls), ask(reuse, calls), ask(reuse, calls, b'{"x":1}')
     assert len(calls.pending) == 2  # the identical two share one, the other body has its own
     answer = shared(seconds=0)
@@ -316,7 +322,7 @@ def test_a_fault_in_storing_never_keeps_the_answer_from_its_callers(
     """Storing is a saving, not a step of the decision: if it breaks (a bug), every caller
     still gets the answer, and the fault is logged, instead of the check waiting forever."""
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
 
     def broken(*_: Any) -> bool:
         raise RuntimeError("store bug")
@@ -333,7 +339,7 @@ def test_a_fault_in_storing_never_keeps_the_answer_from_its_callers(
 
 def test_one_waiter_giving_up_does_not_cancel_the_call_for_the_others() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     first, second, third = ask(reuse, calls), ask(reuse, calls), ask(reuse, calls)
     first.cancel()
     second.cancel()
@@ -349,7 +355,7 @@ def test_a_waiter_cancelled_during_the_handout_leaves_the_next_ones_answered() -
     """Handing the answer to one caller may run code that cancels another's check (Synapse
     giving up on a request): the callers after that one still get the answer, not a hang."""
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     first, second, third = ask(reuse, calls), ask(reuse, calls), ask(reuse, calls)
     first.addCallback(lambda r: (second.cancel(), r)[1])
     second.addErrback(lambda f: f.trap(CancelledError))
@@ -361,7 +367,7 @@ def test_a_waiter_cancelled_during_the_handout_leaves_the_next_ones_answered() -
 
 def test_the_call_is_cancelled_when_every_waiter_has_gone() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     waiters = [ask(reuse, calls) for _ in range(3)]
     for d in waiters:
         d.cancel()
@@ -373,7 +379,7 @@ def test_the_call_is_cancelled_when_every_waiter_has_gone() -> None:
 
 def test_an_error_reaches_every_waiter() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     waiters = [ask(reuse, calls) for _ in range(3)]
     calls.pending[0].errback(ValueError("inside the module"))
     for d in waiters:
@@ -383,7 +389,7 @@ def test_an_error_reaches_every_waiter() -> None:
 
 def test_stored_answers_are_reused_until_max_age_counted_from_sending() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     first = ask(reuse, calls)
     clock.advance(2)  # the server takes 2 s: they count against its max-age
     calls.pending[0].callback(shared(seconds=10))
@@ -398,7 +404,7 @@ def test_stored_answers_are_reused_until_max_age_counted_from_sending() -> None:
 
 def test_max_age_is_capped_by_config() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock, max_seconds=5)
+    reuse = configured(clock, reuse_max_seconds=5)
     ask(reuse, calls)
     calls.pending[0].callback(shared(seconds=31_536_000))
     clock.advance(4.9)
@@ -420,7 +426,7 @@ def test_max_age_is_capped_by_config() -> None:
 )
 def test_failures_and_not_implemented_are_never_stored(verdict: Verdict) -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     ask(reuse, calls)
     calls.pending[0].callback(shared(verdict, seconds=60))
     ask(reuse, calls)
@@ -429,7 +435,7 @@ def test_failures_and_not_implemented_are_never_stored(verdict: Verdict) -> None
 
 def test_rejections_are_stored() -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock)
+    reuse = configured(clock)
     ask(reuse, calls)
     calls.pending[0].callback(shared(rejection({"errcode": "M_FORBIDDEN"}), seconds=60))
     result, how = ask(reuse, calls).result
@@ -439,7 +445,7 @@ def test_rejections_are_stored() -> None:
 @pytest.mark.parametrize("off", ["config", "call"])
 def test_store_off_still_coalesces(off: str) -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock, store=off != "config")
+    reuse = configured(clock, reuse_answers=off != "config")
     kw = {"store": False} if off == "call" else {}
     assert reuse.max_age("max-age=60") == (0 if off == "config" else 60)
     first, second = ask(reuse, calls, **kw), ask(reuse, calls, **kw)
@@ -661,7 +667,7 @@ async def test_a_debug_line_says_when_an_answer_was_reused(
 
 def test_a_debug_line_says_when_a_call_was_coalesced(caplog: pytest.LogCaptureFixture) -> None:
     clock, calls = task.Clock(), Calls()
-    reuse = Reuse(clock, log=logging.getLogger("tests.reuse"))
+    reuse = configured(clock, log="tests.reuse")
     with caplog.at_level(logging.DEBUG, logger="tests.reuse"):
         ask(reuse, calls)
         ask(reuse, calls)
