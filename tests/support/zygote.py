@@ -82,6 +82,10 @@ def _run_homeserver(config_path: str, output: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    if "synapse_http_antispam" in sys.modules:
+        # Its version sniffing would have run before this Synapse's config was read, once for
+        # every Synapse forked after: not what a Synapse that starts does.
+        raise RuntimeError("the fork server imported the module under test")
     os.chdir(Path(config_path).parent)
     from synapse.app import homeserver
 
