@@ -19,12 +19,13 @@ from twisted.internet.defer import CancelledError
 from synapse_http_antispam.catalogue import Kind
 from synapse_http_antispam.config import parse_config
 from synapse_http_antispam.forwarder import Forwarder
-from synapse_http_antispam.reuse import Reuse, Shared
+from synapse_http_antispam.reuse import Shared
 from synapse_http_antispam.verdict import ALLOW, Failure, Outcome, Verdict
 from tests.support.antispam_server import AntispamServer, Behaviour, allow, reject
 from tests.support.hostile import TwistedErrors, assert_quiet, twisted_errors
 from tests.support.raw_server import CLOSE, HOLD, RawServer
 from tests.support.waiting import sleep
+from tests.unit.test_reuse import configured
 
 __all__ = ["twisted_errors"]  # a fixture
 
@@ -171,8 +172,7 @@ def test_a_waiter_giving_up_while_the_answer_is_handed_out_is_no_error() -> None
     second (as Synapse may when one of two requests ends). No ValueError, no AlreadyCalled."""
     from twisted.internet.task import Clock
 
-    config = parse_config({"base_url": "http://127.0.0.1:1"})
-    reuse = Reuse.configured(Clock(), config, logging.getLogger("synapse_http_antispam.reuse"))
+    reuse = configured(Clock())
     call: defer.Deferred[Shared] = defer.Deferred()
     first = defer.ensureDeferred(reuse.answer("user_may_invite", b"{}", lambda: call))
     second = defer.ensureDeferred(reuse.answer("user_may_invite", b"{}", lambda: call))
