@@ -35,6 +35,9 @@ class Process(Protocol):
     """What is used of a started Synapse: a `subprocess.Popen` or a zygote.ForkedSynapse."""
 
     @property
+    def pid(self) -> int | None: ...  # the soak reads its memory (tests/support/chaos.py)
+
+    @property
     def returncode(self) -> int | None: ...
 
     def poll(self) -> int | None: ...
